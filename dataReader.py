@@ -1,0 +1,251 @@
+"""The packed face dataset: its format, the image conventions, and a batch loader.
+
+A dataset is a folder written by pretreat.py:
+    images.npy      uint8 array N x H x W x 3 (RGB), read here through a memmap
+    manifest.json   source, count, size, crop, skipped files; written last, so a
+                    folder without it (or whose array disagrees with it) is refused
+
+Image conventions used everywhere: uint8 HWC RGB on disk, float32 CHW in [-1, 1] in
+the model; `to_float` and `to_uint8` are the only conversions between them.
+
+Examples:
+    python dataReader.py                       # grid of 64 training images -> data/preview.png
+    python dataReader.py --data data/celeba64 --flip --out preview.png
+"""
+import argparse
+import json
+import os
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Paddle warns on every import that ccache is missing; it only matters for building C++ extensions.
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+import paddle  # noqa: E402
+
+IMAGES_FILE = "images.npy"
+MANIFEST_FILE = "manifest.json"
+FORMAT = "paddle-fakeface-dataset/1"
+
+
+class DatasetError(Exception):
+    """A dataset that is missing, incomplete or inconsistent; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- files
+
+def write_atomic(path, data):
+    """Write bytes to `path` through a temporary file and os.replace, so no half file is ever seen."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj):
+    """Write `obj` as indented JSON, atomically."""
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+# ----------------------------------------------------------------------------- images
+
+def to_float(images):
+    """uint8 N x H x W x 3 -> float32 N x 3 x H x W in [-1, 1]."""
+    return images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def to_uint8(x):
+    """float N x 3 x H x W in [-1, 1] (tanh output) -> uint8 N x H x W x 3."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def make_grid(images, ncols=None, pad=2, fill=255):
+    """Tile uint8 N x H x W x 3 images into one uint8 image, `pad` pixels apart."""
+    n, h, w, c = images.shape
+    ncols = ncols or int(np.ceil(np.sqrt(n)))
+    nrows = int(np.ceil(n / ncols))
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), fill, np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, ncols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
+    return grid
+
+
+def write_png(path, image, scale=1):
+    """Write a uint8 H x W x 3 RGB image as PNG, atomically; `scale` enlarges small images (nearest)."""
+    if scale > 1:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    # OpenCV wants BGR; level 6 (zlib's usual) halves OpenCV's default file size for little time.
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise OSError(f"could not encode PNG for {path}")
+    write_atomic(path, buf.tobytes())
+
+
+def grid_scale(size):
+    """How much to enlarge a grid of size x size images so faces are visible in a viewer."""
+    return max(1, 64 // size)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def read_manifest(folder):
+    """The manifest of the dataset in `folder`, checked against its array; raises DatasetError."""
+    manifest_path = os.path.join(folder, MANIFEST_FILE)
+    images_path = os.path.join(folder, IMAGES_FILE)
+    if not os.path.isfile(manifest_path):
+        if os.path.isdir(folder) and os.path.exists(images_path):
+            raise DatasetError(f"dataset in {folder} is incomplete (no {MANIFEST_FILE}): "
+                               "run `python pretreat.py` again")
+        raise DatasetError(f"no dataset in {folder}: run `python pretreat.py` first, or pass --data")
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read {manifest_path} ({e}): run `python pretreat.py` again")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DatasetError(f"{manifest_path} is not a {FORMAT} manifest: run `python pretreat.py` again")
+    try:
+        images = np.load(images_path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"cannot read {images_path} ({e}): run `python pretreat.py` again")
+    size = manifest["size"]
+    if images.dtype != np.uint8 or images.shape != (manifest["count"], size, size, 3):
+        raise DatasetError(f"{images_path} holds {images.dtype} {list(images.shape)}, but the manifest "
+                           f"promises uint8 {[manifest['count'], size, size, 3]}: run `python pretreat.py` again")
+    if manifest["count"] == 0:
+        raise DatasetError(f"dataset in {folder} holds no image: run `python pretreat.py` on other images")
+    return manifest
+
+
+class FaceDataset(paddle.io.Dataset):
+    """The packed faces as float32 CHW in [-1, 1]; index i + len(self) is image i mirrored."""
+
+    def __init__(self, folder):
+        self.manifest = read_manifest(folder)
+        self.images = np.load(os.path.join(folder, IMAGES_FILE), mmap_mode="r")
+        self.size = self.manifest["size"]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.get_batch([index])[0]
+
+    def get_batch(self, indices):
+        """Float32 N x 3 x H x W batch for `indices`, read with one sorted fancy index."""
+        indices = np.asarray(indices, dtype=np.int64)
+        n = len(self.images)
+        mirrored = indices >= n
+        indices = indices % n
+        order = np.argsort(indices, kind="stable")  # sorted reads are sequential on disk
+        batch = np.empty((len(indices),) + self.images.shape[1:], np.uint8)
+        batch[order] = self.images[indices[order]]
+        batch[mirrored] = batch[mirrored, :, ::-1]  # N x H x W x 3: axis 2 is the width
+        return to_float(batch)
+
+
+class EpochBatchSampler:
+    """Index batches for one epoch, a pure function of (seed, epoch).
+
+    An epoch shows `epoch_images` images (default: the dataset once), taken from
+    consecutive shuffled passes over the data; with `flip`, each image is mirrored
+    with probability 1/2 (shown as index + n, see FaceDataset).
+    """
+
+    def __init__(self, n, batch_size, epoch_images=None, shuffle=True, flip=False,
+                 drop_last=True, seed=0):
+        self.n, self.batch_size = n, batch_size
+        self.epoch_images = epoch_images or n
+        self.shuffle, self.flip, self.drop_last, self.seed = shuffle, flip, drop_last, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        """Choose which epoch's order the next iteration yields."""
+        self.epoch = epoch
+
+    def __len__(self):
+        full, rest = divmod(self.epoch_images, self.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    def epoch_order(self):
+        """All indices of the current epoch, in the order they are shown."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        passes = -(-self.epoch_images // self.n)
+        order = np.concatenate([rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+                                for _ in range(passes)])[:self.epoch_images]
+        if self.flip:
+            order = order + self.n * rng.integers(0, 2, len(order))
+        return order
+
+    def __iter__(self):
+        order = self.epoch_order()
+        for b in range(len(self)):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+class _Indices(paddle.io.Dataset):
+    """Hands the sampler's indices to collate_fn untouched, so a batch is read in one operation."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return index
+
+
+def make_loader(dataset, batch_size, shuffle=True, drop_last=True, flip=False,
+                epoch_images=None, seed=0, num_workers=0):
+    """A paddle DataLoader of float32 N x 3 x H x W batches; call loader.batch_sampler.set_epoch(e)."""
+    sampler = EpochBatchSampler(len(dataset), batch_size, epoch_images=epoch_images,
+                                shuffle=shuffle, flip=flip, drop_last=drop_last, seed=seed)
+    return paddle.io.DataLoader(_Indices(2 * len(dataset)), batch_sampler=sampler,
+                                collate_fn=dataset.get_batch, num_workers=num_workers)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+@dataclass
+class PreviewConfig:
+    data: str = "data"               # dataset folder written by pretreat.py
+    out: str = "data/preview.png"    # grid PNG to write
+    num: int = 64                    # images in the grid
+    flip: bool = False               # mirror about half of them, as training with --flip does
+    seed: int = 0                    # which images are drawn
+
+
+def main(argv=None):
+    cfg = PreviewConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=cfg.data, help=f"dataset folder (default: {cfg.data})")
+    parser.add_argument("--out", default=cfg.out, help=f"PNG to write (default: {cfg.out})")
+    parser.add_argument("--num", type=int, default=cfg.num, help=f"images in the grid (default: {cfg.num})")
+    parser.add_argument("--flip", action="store_true", help="mirror about half of them, as training does")
+    parser.add_argument("--seed", type=int, default=cfg.seed, help=f"which images (default: {cfg.seed})")
+    cfg = PreviewConfig(**vars(parser.parse_args(argv)))
+    if cfg.num < 1:
+        parser.error(f"--num must be at least 1, got {cfg.num}")
+    try:
+        dataset = FaceDataset(cfg.data)
+    except DatasetError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    loader = make_loader(dataset, min(cfg.num, len(dataset)), flip=cfg.flip, seed=cfg.seed)
+    batch = next(iter(loader))
+    os.makedirs(os.path.dirname(cfg.out) or ".", exist_ok=True)
+    write_png(cfg.out, make_grid(to_uint8(batch.numpy())), scale=grid_scale(dataset.size))
+    print(f"wrote {cfg.out}: {len(batch)} of {len(dataset)} images, "
+          f"{dataset.size}x{dataset.size}, from {dataset.manifest['source']}")
+
+
+if __name__ == "__main__":
+    main()
