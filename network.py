@@ -1,0 +1,145 @@
+"""Building blocks and the networks composed from them.
+
+Blocks: ConvBlock (conv or transposed conv -> norm -> activation): D's downsampling step,
+and G's upsampling step through `up_block`. Networks are short compositions of them; each
+keeps its constructor arguments in `.args`, so a checkpoint can rebuild it with
+`build_generator(name, args)`.
+
+DCGAN (Radford et al. 2016, the tutorial's networks): G maps z (N x z_dim) to N x 3 x S x S
+in [-1, 1]; D maps N x 3 x S x S to N logits. S is any power of two from 8 up: the
+tutorial's 64, or 32 and 128 by removing or adding one block per side.
+
+Example:
+    python -c "import network; G, D = network.build('dcgan', size=64); print(G)"
+"""
+import warnings
+
+import paddle
+import paddle.nn as nn
+
+from weightInit import dcgan_init
+
+# Paddle warns at the first BatchNorm forward in training mode that it tracks running statistics,
+# which is what BatchNorm has always done; the message only confuses users.
+warnings.filterwarnings("ignore", message="When training, we now always track global mean", category=UserWarning)
+
+
+def activation(name):
+    """The activation layer called `name`: relu, lrelu (slope 0.2, as DCGAN's D), tanh, or None."""
+    layers = {"relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(0.2), "tanh": nn.Tanh}
+    if name is None:
+        return nn.Identity()
+    return layers[name]()
+
+
+def batch_norm(channels):
+    """BatchNorm2D with PyTorch's defaults; Paddle's momentum=0.9 is PyTorch's momentum=0.1."""
+    return nn.BatchNorm2D(num_features=channels, momentum=0.9, epsilon=1e-5)
+
+
+class ConvBlock(nn.Layer):
+    """Convolution -> BatchNorm (optional) -> activation.
+
+    The defaults (4x4, stride 2, padding 1) halve H and W; with `transposed=True` the same
+    numbers double them, as G's upsampling step.
+    """
+
+    def __init__(self, in_ch, out_ch, kernel=4, stride=2, padding=1, norm=True, act="lrelu", transposed=False):
+        super().__init__()
+        conv = nn.Conv2DTranspose if transposed else nn.Conv2D
+        # No bias where BN follows (it would be cancelled); none at all in DCGAN, as in the reference.
+        self.conv = conv(in_ch, out_ch, kernel, stride=stride, padding=padding, bias_attr=False)
+        self.norm = batch_norm(out_ch) if norm else nn.Identity()
+        self.act = activation(act)
+
+    def forward(self, x):
+        return self.act(self.norm(self.conv(x)))
+
+
+def up_block(in_ch, out_ch, **kwargs):
+    """G's step: transposed conv -> BatchNorm -> ReLU, doubling H and W by default."""
+    return ConvBlock(in_ch, out_ch, **{"act": "relu", **kwargs, "transposed": True})
+
+
+# ----------------------------------------------------------------------------- DCGAN
+
+def check_size(size, smallest=8):
+    """Raise ValueError unless `size` is a power of two >= `smallest`."""
+    if not isinstance(size, int) or size < smallest or size & (size - 1):
+        raise ValueError(f"size must be a power of two >= {smallest}, got {size}")
+
+
+def dcgan_channels(size, width):
+    """{resolution: channels} for DCGAN's inner layers: `width` at size/2, doubling per halving.
+
+    size 64, width 64 -> {32: 64, 16: 128, 8: 256, 4: 512}, the tutorial's ngf = ndf = 64.
+    """
+    check_size(size)
+    return {res: width * size // (2 * res) for res in (2 ** k for k in range(2, size.bit_length() - 1))}
+
+
+class DCGANGenerator(nn.Layer):
+    """z -> 4x4 -> ... -> size x size RGB in [-1, 1]: transposed-conv blocks with BN and ReLU, tanh out."""
+
+    def __init__(self, size=64, z_dim=100, width=64):
+        super().__init__()
+        self.args = dict(size=size, z_dim=z_dim, width=width)
+        ch = dcgan_channels(size, width)
+        blocks = [up_block(z_dim, ch[4], stride=1, padding=0)]           # -> [N, ch[4], 4, 4]: 512 channels at 64/64
+        res = 4
+        while res < size // 2:
+            blocks.append(up_block(ch[res], ch[2 * res]))                # -> [N, ch, 2res, 2res]
+            res *= 2
+        blocks.append(up_block(ch[res], 3, norm=False, act="tanh"))     # -> [N, 3, size, size]
+        self.main = nn.Sequential(*blocks)
+        self.apply(dcgan_init)
+
+    def forward(self, z):
+        return self.main(z.reshape([-1, self.args["z_dim"], 1, 1]))
+
+
+class DCGANDiscriminator(nn.Layer):
+    """size x size RGB -> one logit: strided conv blocks with LeakyReLU 0.2, no BN on the first."""
+
+    def __init__(self, size=64, z_dim=100, width=64):
+        super().__init__()
+        self.args = dict(size=size, z_dim=z_dim, width=width)
+        ch = dcgan_channels(size, width)
+        res = size // 2
+        blocks = [ConvBlock(3, ch[res], norm=False)]                      # -> [N, w, size/2, size/2]
+        while res > 4:
+            blocks.append(ConvBlock(ch[res], ch[res // 2]))               # -> [N, ch, res/2, res/2]
+            res //= 2
+        blocks.append(nn.Conv2D(ch[4], 1, 4, stride=1, padding=0, bias_attr=False))  # -> [N, 1, 1, 1]
+        self.main = nn.Sequential(*blocks)
+        self.apply(dcgan_init)
+
+    def forward(self, x):
+        return self.main(x).flatten()                                     # -> [N] logits
+
+
+# ----------------------------------------------------------------------------- registry
+
+ARCHITECTURES = {
+    "dcgan": (DCGANGenerator, DCGANDiscriminator),
+}
+
+
+def build(name, **args):
+    """(G, D) of architecture `name` built with `args`; freshly initialised."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    G, D = ARCHITECTURES[name]
+    return G(**args), D(**args)
+
+
+def build_generator(name, args):
+    """G alone, as stored in a checkpoint: its architecture name and arguments."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name][0](**args)
+
+
+def count_parameters(net):
+    """Number of scalar parameters of `net`."""
+    return sum(int(paddle.numel(p)) for p in net.parameters())

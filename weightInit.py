@@ -1,0 +1,28 @@
+"""The tutorial's weight initialisation, applied to any network with `net.apply(dcgan_init)`.
+
+Convolution, transposed-convolution and linear weights ~ N(0, 0.02); BatchNorm weights
+~ N(1, 0.02) and biases 0 (Radford et al. 2016). Parameters are set in place through
+Paddle's global generator (seed it with paddle.seed) and never named, so any number of
+models can live in one process.
+
+Example:
+    python -c "import network, weightInit; G = network.DCGANGenerator(); G.apply(weightInit.dcgan_init)"
+"""
+import paddle.nn as nn
+from paddle.nn.initializer import Constant, Normal
+
+CONV_STD = 0.02
+
+_WEIGHTED = (nn.Conv2D, nn.Conv2DTranspose, nn.Linear)
+_NORMS = (nn.BatchNorm2D, nn.BatchNorm1D)
+
+
+def dcgan_init(layer):
+    """Initialise one layer as DCGAN does; pass to `Layer.apply`, which visits every sublayer."""
+    if isinstance(layer, _WEIGHTED):
+        Normal(0.0, CONV_STD)(layer.weight)
+        if layer.bias is not None:
+            Constant(0.0)(layer.bias)
+    elif isinstance(layer, _NORMS):
+        Normal(1.0, CONV_STD)(layer.weight)
+        Constant(0.0)(layer.bias)
