@@ -1,0 +1,55 @@
+"""generator.py: rebuilds G from the checkpoint alone, same seed same faces, clear errors."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+import generator
+import train
+from conftest import assert_user_error, run_script
+
+
+@pytest.fixture(scope="module")
+def checkpoint(lfw8, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = train.TrainConfig(data=lfw8, out=str(out), epochs=1, batch_size=16, epoch_images=32, width=8,
+                            device="cpu")
+    return train.train(cfg, progress=False)
+
+
+def test_writes_faces_and_a_grid(checkpoint, tmp_path):
+    generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path), "--num", "5", "--seed", "1"])
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["0000.png", "0001.png", "0002.png", "0003.png", "0004.png", "grid.png"]
+    face = cv2.imread(str(tmp_path / "0003.png"))
+    assert face.shape == (8, 8, 3)
+    assert cv2.imread(str(tmp_path / "grid.png")).shape[0] > 8
+
+
+def test_same_seed_same_faces_other_seed_other_faces(checkpoint, tmp_path):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path / name), "--num", "4", "--seed", str(seed)])
+    read = lambda name: [open(tmp_path / name / f"{i:04d}.png", "rb").read() for i in range(4)]  # noqa: E731
+    assert read("a") == read("b")
+    assert read("a") != read("c")
+
+
+def test_a_face_does_not_depend_on_how_many_are_drawn(checkpoint):
+    G, _ = generator.load_generator(checkpoint)
+    np.testing.assert_array_equal(generator.generate(G, 3, seed=5), generator.generate(G, 300, seed=5)[:3])
+
+
+def test_no_checkpoint_tells_to_run_train(tmp_path):
+    result = run_script("generator.py", "--checkpoint", tmp_path / "none.pdparams", "--out", tmp_path / "g",
+                        cwd=tmp_path)
+    assert_user_error(result, "train.py")
+    assert not (tmp_path / "g").exists()
+
+
+def test_truncated_checkpoint_is_refused(checkpoint, tmp_path):
+    broken = tmp_path / "broken.pdparams"
+    broken.write_bytes(open(checkpoint, "rb").read()[:1000])
+    result = run_script("generator.py", "--checkpoint", broken, "--out", tmp_path / "g", cwd=tmp_path)
+    assert_user_error(result, "cannot read checkpoint")
+    assert not (tmp_path / "g").exists()
