@@ -129,9 +129,18 @@ class FaceDataset(paddle.io.Dataset):
     """The packed faces as float32 CHW in [-1, 1]; index i + len(self) is image i mirrored."""
 
     def __init__(self, folder):
+        self.folder = folder
         self.manifest = read_manifest(folder)
         self.images = np.load(os.path.join(folder, IMAGES_FILE), mmap_mode="r")
         self.size = self.manifest["size"]
+
+    def __getstate__(self):
+        # Loader workers that are spawned get the path, not a pickled copy of the whole array.
+        return {k: v for k, v in self.__dict__.items() if k != "images"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.images = np.load(os.path.join(self.folder, IMAGES_FILE), mmap_mode="r")
 
     def __len__(self):
         return len(self.images)

@@ -89,3 +89,16 @@ def test_reader_preview_writes_a_png(lfw32, tmp_path):
     import cv2
     grid = cv2.imread(str(out))
     assert grid.shape == (2 * (4 * 34 + 2), 2 * (4 * 34 + 2), 3)  # 4 x 4 faces of 32 px, 2 px apart, shown 2x
+
+
+def test_dataset_pickles_as_its_path_and_loads_with_workers(lfw32):
+    import pickle
+    dataset = dataReader.FaceDataset(lfw32)
+    blob = pickle.dumps(dataset)
+    assert len(blob) < 10_000  # not the 300 KB array
+    again = pickle.loads(blob)
+    np.testing.assert_array_equal(again.get_batch([4, 2]), dataset.get_batch([4, 2]))
+    single = [b.numpy() for b in dataReader.make_loader(dataset, 10, seed=1)]
+    workers = [b.numpy() for b in dataReader.make_loader(dataset, 10, seed=1, num_workers=2)]
+    assert len(workers) == len(single) == 10
+    np.testing.assert_array_equal(np.stack(workers), np.stack(single))
