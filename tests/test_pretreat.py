@@ -1,6 +1,10 @@
 """pretreat.py: folder and zip agree, the tutorial's crop, colour handling, skips, the embedded default."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import zipfile
 
 import cv2
 import numpy as np
@@ -8,7 +12,7 @@ import pytest
 from PIL import Image
 
 import pretreat
-from conftest import assert_user_error, build_dataset, celeba_like, run_script, write_jpegs, zip_folder
+from conftest import ROOT, assert_user_error, build_dataset, celeba_like, run_script, write_jpegs, zip_folder
 
 
 def read(out):
@@ -74,33 +78,151 @@ def test_grey_cmyk_and_rgba_inputs_become_rgb(tmp_path):
     assert np.abs(by_name["cmyk"].astype(int) - by_name["rgb"]).mean() < 8
 
 
-def test_unreadable_and_hidden_files(tmp_path):
+def bad_and_odd_files():
+    """{name: bytes} of every bad and odd kind, and {name: reason} for those to be skipped."""
+    photo = celeba_like(1)[0]
+    good = cv2.imencode(".jpg", photo[..., ::-1])[1].tobytes()
+    sof = good.index(b"\xff\xc0")
+    png = lambda img: cv2.imencode(".png", img)[1].tobytes()  # noqa: E731
+    files = {
+        "000001.jpg": good,
+        "000002.jpg": b"",                                                    # zero bytes
+        "000003.jpg": b"<html>404 Not Found</html>",                          # not an image
+        "000004.jpg": good[: len(good) * 6 // 10],                            # cut short
+        "000005.jpg": good[:sof + 5] + b"\0\0\0\0" + good[sof + 9:],          # frame header says 0x0
+        "000006.jpg": cv2.imencode(".jpg", photo[:20, :20])[1].tobytes(),     # 20x20: too small for 64
+        "000007.jpg": cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY))[1].tobytes(),
+        "000008.png": png(cv2.cvtColor(photo[..., ::-1], cv2.COLOR_BGR2BGRA)),  # RGBA PNG
+        "000009.jpg": cv2.imencode(".jpg", cv2.resize(photo, (300, 150)))[1].tobytes(),  # landscape
+        "000010.jpg": cv2.imencode(".jpg", cv2.resize(photo, (41, 37)))[1].tobytes(),    # odd, small but usable
+        "000011.jpg": good + b"\0" * 100,                                     # padded after the end marker
+        "notes.txt": b"not an image",
+    }
+    reasons = {"000002.jpg": "empty file", "000003.jpg": "not a readable image", "000004.jpg": "truncated JPEG",
+               "000005.jpg": "corrupt JPEG", "000006.jpg": "too small (20x20) for 64 px",
+               "notes.txt": "not a readable image"}
+    return files, reasons
+
+
+def check_bad_and_odd(manifest, out, reasons):
+    assert {s["file"].split("/")[-1]: s["reason"] for s in manifest["skipped"]} == reasons
+    assert manifest["skipped_count"] == 6 and manifest["count"] == 6
+    assert manifest["skipped_reasons"]["not a readable image"] == 2
+    images, _ = read(out)
+    assert images.shape == (6, 64, 64, 3)  # the array was cut to the images written
+    assert images.reshape(6, -1).std(axis=1).min() > 10  # every kept image holds a picture
+
+
+def test_bad_and_odd_files_in_a_folder(tmp_path):
     src = tmp_path / "src"
-    write_jpegs(str(src), celeba_like(3))
-    (src / "empty.jpg").write_bytes(b"")
-    (src / "notes.txt").write_text("not an image")
+    src.mkdir()
+    files, reasons = bad_and_odd_files()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
     (src / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (src / "__MACOSX").mkdir()
     (src / "__MACOSX" / "._000001.jpg").write_bytes(b"\0" * 100)
+    (src / ".thumbnails").mkdir()
+    (src / ".thumbnails" / "a.jpg").write_bytes(files["000001.jpg"])
     manifest = build_dataset(tmp_path / "out", src=str(src))
-    assert manifest["count"] == 3
-    assert manifest["skipped"] == [{"file": "empty.jpg", "reason": "empty file"},
-                                   {"file": "notes.txt", "reason": "not a readable image"}]
-    images, _ = read(tmp_path / "out")
-    assert images.shape == (3, 64, 64, 3)  # the array was cut to the images written
+    check_bad_and_odd(manifest, tmp_path / "out", reasons)
 
 
-def test_zip_with_hidden_entries(tmp_path):
-    folder = tmp_path / "img_align_celeba"
-    write_jpegs(str(folder), celeba_like(2))
-    archive = tmp_path / "c.zip"
-    zip_folder(str(folder), str(archive))
-    import zipfile
-    with zipfile.ZipFile(archive, "a") as z:
+def test_bad_and_odd_entries_in_a_zip(tmp_path):
+    files, reasons = bad_and_odd_files()
+    archive = tmp_path / "odd.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("img_align_celeba/", b"")
+        for name, data in files.items():
+            z.writestr("img_align_celeba/" + name, data)
         z.writestr("__MACOSX/img_align_celeba/._000001.jpg", b"\0" * 64)
         z.writestr("img_align_celeba/.DS_Store", b"\0" * 64)
+        z.writestr("../escape.jpg", files["000001.jpg"])
+        z.writestr("/absolute.jpg", files["000001.jpg"])
     manifest = build_dataset(tmp_path / "out", src=str(archive))
-    assert (manifest["count"], manifest["skipped_count"]) == (2, 0)
+    check_bad_and_odd(manifest, tmp_path / "out", reasons)
+    assert manifest["ignored_count"] == 4
+    assert not (tmp_path / "escape.jpg").exists() and not (tmp_path / "out" / "img_align_celeba").exists()
+
+
+def test_jpeg_header_gives_the_decoded_size():
+    data = cv2.imencode(".jpg", np.zeros((218, 178, 3), np.uint8))[1].tobytes()
+    assert pretreat.jpeg_size(data) == (218, 178)
+    assert pretreat.jpeg_size(b"\xff\xd8" + b"\x12" * 50) is None
+
+
+@pytest.mark.parametrize("h, w, size, factor", [(218, 178, 64, 2), (218, 178, 32, 4), (218, 178, 128, 1),
+                                                (218, 178, 16, 8), (100, 60, 64, 1)])
+def test_reduced_decoding_keeps_the_shorter_side_at_least_size(h, w, size, factor):
+    assert pretreat.reduction(h, w, size) == factor
+
+
+@pytest.mark.parametrize("source, target, expected", [(178, 64, cv2.INTER_AREA), (89, 64, cv2.INTER_LINEAR),
+                                                      (64, 64, cv2.INTER_LINEAR), (25, 32, cv2.INTER_CUBIC)])
+def test_interpolation_rule(source, target, expected):
+    assert pretreat.interpolation(source, target) == expected
+
+
+def test_second_run_does_nothing_and_force_rebuilds(celeba_folder, tmp_path):
+    out = tmp_path / "out"
+    first = run_script("pretreat.py", "--src", celeba_folder, "--out", out)
+    assert first.returncode == 0 and "wrote 12 images" in first.stdout
+    stamp = os.stat(out / "images.npy").st_mtime_ns, os.stat(out / "manifest.json").st_mtime_ns
+    again = run_script("pretreat.py", "--src", celeba_folder, "--out", out)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert (os.stat(out / "images.npy").st_mtime_ns, os.stat(out / "manifest.json").st_mtime_ns) == stamp
+    other_size = build_dataset(out, src=celeba_folder, size=32)  # other options: rebuilt
+    assert other_size["size"] == 32 and not other_size.get("up_to_date")
+    build_dataset(out, src=celeba_folder)
+    stamp = os.stat(out / "images.npy").st_mtime_ns
+    forced = run_script("pretreat.py", "--src", celeba_folder, "--out", out, "--force")
+    assert forced.returncode == 0 and "wrote 12 images" in forced.stdout
+    assert os.stat(out / "images.npy").st_mtime_ns != stamp
+
+
+def test_a_changed_source_is_rebuilt(tmp_path):
+    src = tmp_path / "src"
+    write_jpegs(str(src), celeba_like(3))
+    assert build_dataset(tmp_path / "out", src=str(src))["count"] == 3
+    write_jpegs(str(src), celeba_like(4))  # a fourth photo arrives
+    assert build_dataset(tmp_path / "out", src=str(src))["count"] == 4
+
+
+def big_zip(path, count):
+    """A zip of `count` CelebA-sized JPEGs (one photo stored many times): a second or two of work."""
+    data = cv2.imencode(".jpg", celeba_like(1)[0][..., ::-1])[1].tobytes()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for i in range(count):
+            z.writestr(f"img_align_celeba/{i:06d}.jpg", data)
+
+
+@pytest.mark.parametrize("previous", [False, True])
+def test_killed_run_leaves_no_half_dataset_and_the_next_run_completes(previous, tmp_path, celeba_folder):
+    import dataReader
+    out = tmp_path / "out"
+    if previous:
+        build_dataset(out, src=celeba_folder)
+        old = np.load(out / "images.npy")
+    archive = tmp_path / "big.zip"
+    big_zip(archive, 6000)
+    child = subprocess.Popen([sys.executable, os.path.join(ROOT, "pretreat.py"), "--src", str(archive),
+                              "--out", str(out), "--workers", "1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child.stderr.read(len("pretreat:"))  # the progress bar: files are listed, writing has begun
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+    assert (out / "images.npy.tmp").exists()  # it died mid-write
+    if previous:  # the finished dataset it was replacing is still whole
+        np.testing.assert_array_equal(dataReader.FaceDataset(str(out)).images, old)
+    else:
+        with pytest.raises(dataReader.DatasetError):
+            dataReader.FaceDataset(str(out))
+    manifest = build_dataset(out, src=str(archive))
+    assert manifest["count"] == 6000
+    assert dataReader.FaceDataset(str(out)).images.shape == (6000, 64, 64, 3)
+    assert not (out / "images.npy.tmp").exists()
 
 
 def test_embedded_default_in_an_empty_folder(tmp_path):
