@@ -11,6 +11,7 @@ the model; `to_float` and `to_uint8` are the only conversions between them.
 Examples:
     python dataReader.py                       # grid of 64 training images -> data/preview.png
     python dataReader.py --data data/celeba64 --flip --out preview.png
+    python dataReader.py --size 16                 # what a 16x16 stage of training sees
 """
 import argparse
 import json
@@ -56,8 +57,8 @@ def write_json(path, obj):
 # ----------------------------------------------------------------------------- images
 
 def to_float(images):
-    """uint8 N x H x W x 3 -> float32 N x 3 x H x W in [-1, 1]."""
-    return images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    """uint8 (or float in [0, 255]) N x H x W x 3 -> float32 N x 3 x H x W in [-1, 1]."""
+    return images.transpose(0, 3, 1, 2).astype(np.float32, copy=False) / np.float32(127.5) - np.float32(1.0)
 
 
 def to_uint8(x):
@@ -125,14 +126,30 @@ def read_manifest(folder):
     return manifest
 
 
-class FaceDataset(paddle.io.Dataset):
-    """The packed faces as float32 CHW in [-1, 1]; index i + len(self) is image i mirrored."""
+def area_downsample(images, factor):
+    """Average `factor` x `factor` pixel blocks of float N x H x W x C images (area resampling)."""
+    if factor == 1:
+        return images
+    n, h, w, c = images.shape
+    return images.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4), dtype=np.float32)
 
-    def __init__(self, folder):
+
+class FaceDataset(paddle.io.Dataset):
+    """The packed faces as float32 CHW in [-1, 1], optionally area-downsampled to `size`.
+
+    Index i + len(self) is image i mirrored.
+    """
+
+    def __init__(self, folder, size=None):
         self.folder = folder
         self.manifest = read_manifest(folder)
         self.images = np.load(os.path.join(folder, IMAGES_FILE), mmap_mode="r")
-        self.size = self.manifest["size"]
+        stored = self.manifest["size"]
+        self.size = size or stored
+        if self.size > stored or stored % self.size:
+            raise DatasetError(f"cannot read the {stored}x{stored} images of {folder} at {self.size}x{self.size}: "
+                               f"choose a size that divides {stored}, or run pretreat.py with --size {self.size}")
+        self.factor = stored // self.size
 
     def __getstate__(self):
         # Loader workers that are spawned get the path, not a pickled copy of the whole array.
@@ -158,6 +175,8 @@ class FaceDataset(paddle.io.Dataset):
         batch = np.empty((len(indices),) + self.images.shape[1:], np.uint8)
         batch[order] = self.images[indices[order]]
         batch[mirrored] = batch[mirrored, :, ::-1]  # N x H x W x 3: axis 2 is the width
+        if self.factor > 1:
+            batch = area_downsample(batch.astype(np.float32), self.factor)  # exact means, in [0, 255]
         return to_float(batch)
 
 
@@ -229,6 +248,7 @@ class PreviewConfig:
     data: str = "data"               # dataset folder written by pretreat.py
     out: str = "data/preview.png"    # grid PNG to write
     num: int = 64                    # images in the grid
+    size: int = None                 # read at this size (area-averaged); None: as stored
     flip: bool = False               # mirror about half of them, as training with --flip does
     seed: int = 0                    # which images are drawn
 
@@ -239,13 +259,15 @@ def main(argv=None):
     parser.add_argument("--data", default=cfg.data, help=f"dataset folder (default: {cfg.data})")
     parser.add_argument("--out", default=cfg.out, help=f"PNG to write (default: {cfg.out})")
     parser.add_argument("--num", type=int, default=cfg.num, help=f"images in the grid (default: {cfg.num})")
+    parser.add_argument("--size", type=int, default=cfg.size,
+                        help="read at this size, averaging pixel blocks (default: as stored)")
     parser.add_argument("--flip", action="store_true", help="mirror about half of them, as training does")
     parser.add_argument("--seed", type=int, default=cfg.seed, help=f"which images (default: {cfg.seed})")
     cfg = PreviewConfig(**vars(parser.parse_args(argv)))
     if cfg.num < 1:
         parser.error(f"--num must be at least 1, got {cfg.num}")
     try:
-        dataset = FaceDataset(cfg.data)
+        dataset = FaceDataset(cfg.data, size=cfg.size)
     except DatasetError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     loader = make_loader(dataset, min(cfg.num, len(dataset)), flip=cfg.flip, seed=cfg.seed)

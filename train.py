@@ -46,6 +46,7 @@ class TrainConfig:
     data: str = "data"              # dataset folder written by pretreat.py
     out: str = "output"             # folder for samples, logs and the checkpoint
     arch: str = "dcgan"             # network family, see network.ARCHITECTURES
+    size: int = None                # image side; None: the dataset's; smaller ones are area-averaged
     epochs: int = 8                 # the tutorial trains 8 epochs
     batch_size: int = None          # None: 128, the tutorial's (64 on the LFW faces)
     epoch_images: int = None        # images per epoch; None: the dataset once (6,400 on the LFW faces)
@@ -188,7 +189,7 @@ def plot_losses(history, path):
 def train(cfg, progress=True):
     """Run the training that `cfg` describes; returns the path of the final checkpoint."""
     # --- data
-    dataset = FaceDataset(cfg.data)
+    dataset = FaceDataset(cfg.data, size=cfg.size)
     cfg = resolve_defaults(cfg, dataset.manifest)
     device = select_device(cfg.device)
     loader = make_loader(dataset, cfg.batch_size, flip=cfg.flip, epoch_images=cfg.epoch_images,
@@ -275,6 +276,7 @@ HELP = {
     "data": "dataset folder written by pretreat.py",
     "out": "folder for samples, loss.png, log.jsonl and checkpoint.pdparams",
     "arch": "network family",
+    "size": "image side, a power of two (default: the dataset's; smaller sizes average pixel blocks)",
     "epochs": "passes of --epoch-images images",
     "batch_size": "images per batch (default: 128; 64 on the LFW faces)",
     "epoch_images": "images per epoch (default: the dataset once; 6400 on the LFW faces)",
@@ -309,7 +311,7 @@ def parse_args(argv=None):
         elif f.name == "device":
             parser.add_argument(flag, default=default, choices=["auto", "cpu", "gpu"], help=HELP[f.name] + shown)
         else:
-            kind = {"batch_size": int, "epoch_images": int, "width": int}.get(f.name, type(default))
+            kind = {"size": int, "batch_size": int, "epoch_images": int, "width": int}.get(f.name, type(default))
             parser.add_argument(flag, type=kind, default=default, help=HELP[f.name] + shown)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     for name in ("epochs", "batch_size", "epoch_images", "width", "z_dim", "d_steps", "g_steps",
@@ -317,6 +319,11 @@ def parse_args(argv=None):
         value = getattr(cfg, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if cfg.size is not None:
+        try:
+            network.check_size(cfg.size)
+        except ValueError as e:
+            parser.error(f"--size: {e}")
     for name in ("lr",):
         if getattr(cfg, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(cfg, name)}")

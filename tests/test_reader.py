@@ -102,3 +102,22 @@ def test_dataset_pickles_as_its_path_and_loads_with_workers(lfw32):
     workers = [b.numpy() for b in dataReader.make_loader(dataset, 10, seed=1, num_workers=2)]
     assert len(workers) == len(single) == 10
     np.testing.assert_array_equal(np.stack(workers), np.stack(single))
+
+
+@pytest.mark.parametrize("size", [16, 8])
+def test_downsampled_reads_equal_area_averages(lfw32, size):
+    from skimage.measure import block_reduce
+    stored = np.load(os.path.join(lfw32, "images.npy")).astype(np.float64)
+    dataset = dataReader.FaceDataset(lfw32, size=size)
+    f = 32 // size
+    got = dataset.get_batch([3, 1 + len(dataset)])  # image 3, and image 1 mirrored
+    expected = block_reduce(stored[[3, 1]], (1, f, f, 1), np.mean)
+    expected[1] = expected[1][:, ::-1]
+    np.testing.assert_allclose(got, expected.transpose(0, 3, 1, 2) / 127.5 - 1, atol=1e-5)
+    assert got.shape == (2, 3, size, size) and got.dtype == np.float32
+
+
+def test_sizes_that_do_not_divide_the_stored_size_are_refused(lfw32):
+    for size in (12, 64):
+        with pytest.raises(dataReader.DatasetError, match="divides 32"):
+            dataReader.FaceDataset(lfw32, size=size)

@@ -134,3 +134,12 @@ def test_trained_generator_beats_the_untrained_one(lfw8, tmp_path):
     with paddle.no_grad():
         trained, untrained = distance(G(z).numpy()), distance(G0(z).numpy())
     assert trained < 0.85 * untrained, (trained, untrained)
+
+
+def test_training_at_a_smaller_size_than_stored(lfw32, tmp_path):
+    state = paddle.load(train.train(tiny(lfw32, tmp_path, size=8, epochs=1), progress=False))
+    assert state["arch_args"]["size"] == 8 and state["config"]["size"] == 8
+
+
+def test_size_that_is_not_a_power_of_two_is_refused(tmp_path):
+    assert_user_error(run_script("train.py", "--size", "48", cwd=tmp_path), "power of two")
