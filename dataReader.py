@@ -25,6 +25,7 @@ import numpy as np
 # Paddle warns on every import that ccache is missing; it only matters for building C++ extensions.
 warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 import paddle  # noqa: E402
+from paddle.utils.dlpack import from_dlpack  # noqa: E402
 
 IMAGES_FILE = "images.npy"
 MANIFEST_FILE = "manifest.json"
@@ -56,9 +57,20 @@ def write_json(path, obj):
 
 # ----------------------------------------------------------------------------- images
 
-def to_float(images):
-    """uint8 (or float in [0, 255]) N x H x W x 3 -> float32 N x 3 x H x W in [-1, 1]."""
-    return images.transpose(0, 3, 1, 2).astype(np.float32, copy=False) / np.float32(127.5) - np.float32(1.0)
+def to_float(images, mirror_from=None):
+    """uint8 (or float in [0, 255]) N x H x W x 3 -> C-contiguous float32 N x 3 x H x W in [-1, 1].
+
+    Images from index `mirror_from` on are mirrored as they are converted (a reversed read,
+    no extra copy).
+    """
+    n, h, w, c = images.shape
+    k = n if mirror_from is None else mirror_from
+    x = np.empty((n, c, h, w), np.float32)  # contiguous NCHW: Paddle takes it without a re-layout
+    scale = np.float32(1 / 127.5)
+    np.multiply(images[:k].transpose(0, 3, 1, 2), scale, out=x[:k], dtype=np.float32)
+    np.multiply(images[k:, :, ::-1].transpose(0, 3, 1, 2), scale, out=x[k:], dtype=np.float32)
+    x -= np.float32(1.0)
+    return x
 
 
 def to_uint8(x):
@@ -166,18 +178,20 @@ class FaceDataset(paddle.io.Dataset):
         return self.get_batch([index])[0]
 
     def get_batch(self, indices):
-        """Float32 N x 3 x H x W batch for `indices`, read with one sorted fancy index."""
+        """Float32 N x 3 x H x W batch of `indices`, read with one fancy index.
+
+        The order inside a batch means nothing to training, so the batch comes back as
+        the plain images in ascending order, then the mirrored ones in ascending order:
+        the memmap is read in sorted runs and mirroring happens during the float conversion.
+        """
         indices = np.asarray(indices, dtype=np.int64)
         n = len(self.images)
         mirrored = indices >= n
-        indices = indices % n
-        order = np.argsort(indices, kind="stable")  # sorted reads are sequential on disk
-        batch = np.empty((len(indices),) + self.images.shape[1:], np.uint8)
-        batch[order] = self.images[indices[order]]
-        batch[mirrored] = batch[mirrored, :, ::-1]  # N x H x W x 3: axis 2 is the width
+        order = np.lexsort((indices % n, mirrored))
+        batch = self.images[indices[order] % n]
         if self.factor > 1:
             batch = area_downsample(batch.astype(np.float32), self.factor)  # exact means, in [0, 255]
-        return to_float(batch)
+        return to_float(batch, mirror_from=int(len(indices) - mirrored.sum()))
 
 
 class EpochBatchSampler:
@@ -219,8 +233,30 @@ class EpochBatchSampler:
             yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
 
 
+class BatchLoader:
+    """Tensor batches of one epoch, read in the calling thread.
+
+    A 64x64 batch of 128 takes ~1-2 ms to read, a CPU training step about a second: a
+    background thread would hide nothing, and Paddle's DataLoader thread costs more than
+    the read itself (10-12k img/s through it on this 2-core machine; see benchmarks/).
+    """
+
+    def __init__(self, dataset, batch_sampler):
+        self.dataset, self.batch_sampler = dataset, batch_sampler
+
+    def __len__(self):
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        on_cpu = paddle.get_device() == "cpu"
+        for indices in self.batch_sampler:
+            batch = self.dataset.get_batch(indices)
+            # On the CPU Paddle takes the array as it is (DLPack keeps it alive); a GPU needs a copy.
+            yield from_dlpack(batch) if on_cpu else paddle.to_tensor(batch)
+
+
 class _Indices(paddle.io.Dataset):
-    """Hands the sampler's indices to collate_fn untouched, so a batch is read in one operation."""
+    """Hands the sampler's indices to collate_fn untouched, so a worker reads a batch in one operation."""
 
     def __init__(self, n):
         self.n = n
@@ -234,9 +270,15 @@ class _Indices(paddle.io.Dataset):
 
 def make_loader(dataset, batch_size, shuffle=True, drop_last=True, flip=False,
                 epoch_images=None, seed=0, num_workers=0):
-    """A paddle DataLoader of float32 N x 3 x H x W batches; call loader.batch_sampler.set_epoch(e)."""
+    """Iterable of float32 N x 3 x H x W tensor batches; call loader.batch_sampler.set_epoch(e).
+
+    num_workers=0 reads in the calling thread; more use Paddle's DataLoader processes, for
+    GPU training where a step is short enough for reading to matter.
+    """
     sampler = EpochBatchSampler(len(dataset), batch_size, epoch_images=epoch_images,
                                 shuffle=shuffle, flip=flip, drop_last=drop_last, seed=seed)
+    if num_workers == 0:
+        return BatchLoader(dataset, sampler)
     return paddle.io.DataLoader(_Indices(2 * len(dataset)), batch_sampler=sampler,
                                 collate_fn=dataset.get_batch, num_workers=num_workers)
 

@@ -62,7 +62,7 @@ class TrainConfig:
     device: str = "auto"            # auto: the GPU when paddlepaddle-gpu sees one, else the CPU
     sample_every: int = 500         # iterations between sample grids (also at each epoch end)
     log_every: int = 10             # iterations per log record
-    num_workers: int = 0            # loader processes; 0 reads in a background thread
+    num_workers: int = 0            # loader processes; 0 reads in the training thread (fast enough on a CPU)
 
 
 # Where the dataset is the 100 embedded faces: small enough to train in minutes on a CPU.
@@ -292,7 +292,7 @@ HELP = {
     "device": "auto picks the GPU when paddlepaddle-gpu sees one",
     "sample_every": "iterations between sample grids (one is also written at each epoch end)",
     "log_every": "iterations per record in log.jsonl",
-    "num_workers": "loader processes (0: one background thread)",
+    "num_workers": "loader processes (0: read in the training thread; more can help a GPU)",
 }
 
 

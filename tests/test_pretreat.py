@@ -271,3 +271,27 @@ def test_shrink_npy_keeps_the_first_rows(tmp_path):
     b = np.load(path)
     assert b.shape == (3, 2, 2, 3)
     np.testing.assert_array_equal(b[:, 0, 0, 0], [0, 1, 2])
+
+
+def test_deflated_zip_equals_the_folder(celeba_folder, tmp_path):
+    archive = tmp_path / "deflated.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in sorted(os.listdir(celeba_folder)):
+            z.write(os.path.join(celeba_folder, name), "img_align_celeba/" + name)
+    build_dataset(tmp_path / "a", src=celeba_folder)
+    build_dataset(tmp_path / "b", src=str(archive))
+    np.testing.assert_array_equal(read(tmp_path / "a")[0], read(tmp_path / "b")[0])
+
+
+def test_damaged_zip_member_is_skipped_with_its_reason(tmp_path):
+    photos = [cv2.imencode(".jpg", p[..., ::-1])[1].tobytes() for p in celeba_like(2)]
+    archive = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("a.jpg", photos[0])
+        z.writestr("b.jpg", photos[1])
+    blob = archive.read_bytes()
+    middle = photos[1][2000:2100]
+    archive.write_bytes(blob.replace(middle, bytes(100)))  # flip bytes inside b.jpg's stored data
+    manifest = build_dataset(tmp_path / "out", src=str(archive))
+    assert manifest["count"] == 1
+    assert manifest["skipped"] == [{"file": "b.jpg", "reason": "unreadable (CRC mismatch)"}]

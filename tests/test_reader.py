@@ -31,10 +31,12 @@ def test_batches_are_float_chw_in_range(lfw32):
 def test_batch_read_equals_the_stored_images(lfw32):
     dataset = dataReader.FaceDataset(lfw32)
     stored = np.load(os.path.join(lfw32, "images.npy"))
-    batch = dataset.get_batch([7, 3, 3, 0])
-    np.testing.assert_array_equal(dataReader.to_uint8(batch), stored[[7, 3, 3, 0]])
+    batch = dataset.get_batch([7, 3, 3, 0])  # returned in ascending image order
+    np.testing.assert_array_equal(dataReader.to_uint8(batch), stored[[0, 3, 3, 7]])
     mirrored = dataset.get_batch([7 + len(dataset)])  # index + n: image 7 mirrored
     np.testing.assert_array_equal(dataReader.to_uint8(mirrored)[0], stored[7][:, ::-1])
+    mixed = dataReader.to_uint8(dataset.get_batch([9 + len(dataset), 5, 2 + len(dataset), 4]))
+    np.testing.assert_array_equal(mixed, np.stack([stored[4], stored[5], stored[2][:, ::-1], stored[9][:, ::-1]]))
 
 
 def test_sampler_is_a_function_of_seed_and_epoch():
@@ -110,7 +112,7 @@ def test_downsampled_reads_equal_area_averages(lfw32, size):
     stored = np.load(os.path.join(lfw32, "images.npy")).astype(np.float64)
     dataset = dataReader.FaceDataset(lfw32, size=size)
     f = 32 // size
-    got = dataset.get_batch([3, 1 + len(dataset)])  # image 3, and image 1 mirrored
+    got = dataset.get_batch([1 + len(dataset), 3])  # image 1 mirrored, and image 3: plain ones first
     expected = block_reduce(stored[[3, 1]], (1, f, f, 1), np.mean)
     expected[1] = expected[1][:, ::-1]
     np.testing.assert_allclose(got, expected.transpose(0, 3, 1, 2) / 127.5 - 1, atol=1e-5)
