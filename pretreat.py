@@ -39,7 +39,7 @@ TUTORIAL_SIZE = 64
 TUTORIAL_TOP = 10       # the tutorial crops the box (0, 10, 64, 74) after resizing to 64 wide
 MIN_SCALE = 0.5         # an image whose shorter side is below size * MIN_SCALE is too small
 CHUNK = 64              # images per thread task: fewer futures, less GIL traffic per image
-REMAP_BYTES = 64 << 20  # written pages of a memmap count as our memory until it is re-mapped
+REMAP_BYTES = 16 << 20  # written pages of a memmap count as our memory until it is re-mapped
 REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
            4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 

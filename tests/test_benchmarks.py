@@ -1,0 +1,16 @@
+"""benchmarks/: the scripts run and print the JSON their README promises (numbers are not judged here)."""
+import json
+
+from conftest import run_script
+
+
+def test_data_benchmark_prints_one_json_line(tmp_path):
+    result = run_script("benchmarks/data.py", "--num", 24, "--small", 8, "--batch", 8, "--repeats", 1,
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip())
+    assert line["images"] == 24 and line["skipped"] == 0
+    for key in ("pretreat_folder_img_s", "pretreat_zip_img_s", "decode_img_s", "tutorial_img_s",
+                "folder_vs_tutorial", "folder_vs_decode", "peak_rss_folder_mb", "peak_rss_zip_small_mb",
+                "reader_img_s"):
+        assert line[key] > 0, key
