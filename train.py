@@ -5,6 +5,7 @@ then G is updated --g-steps times (the tutorial's 1:2). Writes to --out:
     samples/epoch_EEEE_iter_IIIIII.png   fixed-noise grids, every --sample-every iterations
                                          and at each epoch end
     loss.png, log.jsonl                  losses over iterations (one JSON record per line)
+    swd.png                              with --eval-every: SWD to the data over iterations
     checkpoint.pdparams                  G, D, optimizers, progress, fixed noise, config and
                                          the architecture's arguments, written atomically
                                          at each epoch end (generator.py reads it)
@@ -17,6 +18,7 @@ Examples:
     python train.py --epochs 8                      # the tutorial's run (or the LFW demo)
     python train.py --data data/celeba64 --out runs/celeba --epochs 8 --batch-size 128
     python train.py --epochs 1 --sample-every 50 --device cpu
+    python train.py --epochs 8 --eval-every 100          # SWD to the data in log.jsonl and swd.png
 """
 import argparse
 import io
@@ -34,11 +36,13 @@ from dataReader import DatasetError, FaceDataset, grid_scale, make_grid, make_lo
 import paddle  # noqa: E402  (after dataReader, which quiets Paddle's import warning)
 import paddle.nn.functional as F  # noqa: E402
 
+import evaluate  # noqa: E402  (its metrics only; it imports generator and train lazily)
 import network  # noqa: E402
 
 CHECKPOINT_FILE = "checkpoint.pdparams"
 CHECKPOINT_FORMAT = "paddle-fakeface-checkpoint/1"
 SAMPLE_COUNT = 64  # fixed-noise faces per sample grid
+EVAL_COUNT = 1000  # images per set for --eval-every's SWD (at most half the dataset)
 
 
 @dataclass
@@ -61,6 +65,7 @@ class TrainConfig:
     seed: int = 0                   # seeds weights, noise and data order
     device: str = "auto"            # auto: the GPU when paddlepaddle-gpu sees one, else the CPU
     sample_every: int = 500         # iterations between sample grids (also at each epoch end)
+    eval_every: int = 0             # iterations between SWD measurements (log.jsonl, swd.png); 0: never
     log_every: int = 10             # iterations per log record
     num_workers: int = 0            # loader processes; 0 reads in the training thread (fast enough on a CPU)
 
@@ -165,17 +170,17 @@ def load_checkpoint(path):
     return state
 
 
-def plot_losses(history, path):
-    """Write D's and G's loss over iterations to a PNG (matplotlib, no display needed)."""
+def plot_curves(history, keys, ylabel, path):
+    """Write the `keys` of the records in `history` over iterations to a PNG (no display needed)."""
     from matplotlib.figure import Figure  # imported here: only plotting needs it
 
     fig = Figure(figsize=(8, 4), dpi=100)
     ax = fig.add_subplot()
     its = [r["iteration"] for r in history]
-    ax.plot(its, [r["loss_D"] for r in history], label="D")
-    ax.plot(its, [r["loss_G"] for r in history], label="G")
+    for key, label in keys.items():
+        ax.plot(its, [r[key] for r in history], label=label, marker="o" if len(history) < 30 else None)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("BCE loss")
+    ax.set_ylabel(ylabel)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -216,6 +221,22 @@ def train(cfg, progress=True):
           f"per epoch, width {cfg.width}, G {network.count_parameters(G):,} and D "
           f"{network.count_parameters(D):,} parameters", file=sys.stderr)
 
+    eval_history = []
+    if cfg.eval_every:  # a fixed real sample and fixed noise, so SWD values compare across iterations
+        n_eval = min(EVAL_COUNT, len(dataset) // 2)
+        eval_real = to_uint8(dataset.get_batch(np.random.default_rng(cfg.seed).permutation(len(dataset))[:n_eval]))
+        eval_z = np.random.default_rng([cfg.seed, 1]).standard_normal((n_eval, cfg.z_dim)).astype(np.float32)
+
+    def measure(epoch, iteration, images_seen):
+        per_size, mean = evaluate.swd(sample(G, eval_z), eval_real, seed=cfg.seed)
+        record = {"epoch": epoch, "iteration": iteration, "images": images_seen,
+                  "swd_x1e3": round(mean, 3), "swd_x1e3_per_size": {s: round(v, 3) for s, v in per_size.items()}}
+        eval_history.append(record)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        plot_curves(eval_history, {"swd_x1e3": "SWD x 1e3 (mean over sizes)"}, "SWD x 1e3, lower is better",
+                    os.path.join(cfg.out, "swd.png"))
+
     def save_samples(epoch, iteration):
         name = os.path.join(samples_dir, f"epoch_{epoch:04d}_iter_{iteration:06d}.png")
         write_png(name, make_grid(sample(G, fixed_z)), scale=grid_scale(dataset.size))
@@ -248,12 +269,14 @@ def train(cfg, progress=True):
                 interval, t_interval = [], time.perf_counter()
             if iteration % cfg.sample_every == 0:
                 save_samples(epoch, iteration)
+            if cfg.eval_every and iteration % cfg.eval_every == 0:
+                measure(epoch, iteration, images_seen)
 
         # --- end of epoch: samples, plot, checkpoint
         if iteration % cfg.sample_every:
             save_samples(epoch, iteration)
         if history:
-            plot_losses(history, os.path.join(cfg.out, "loss.png"))
+            plot_curves(history, {"loss_D": "D", "loss_G": "G"}, "BCE loss", os.path.join(cfg.out, "loss.png"))
         save_checkpoint(checkpoint_path, {
             "format": CHECKPOINT_FORMAT,
             "arch": cfg.arch, "arch_args": G.args,
@@ -291,6 +314,8 @@ HELP = {
     "seed": "seeds the weights, the noise and the data order",
     "device": "auto picks the GPU when paddlepaddle-gpu sees one",
     "sample_every": "iterations between sample grids (one is also written at each epoch end)",
+    "eval_every": "iterations between SWD measurements against a fixed real sample, in log.jsonl and swd.png "
+                  "(0: never)",
     "log_every": "iterations per record in log.jsonl",
     "num_workers": "loader processes (0: read in the training thread; more can help a GPU)",
 }
@@ -314,6 +339,8 @@ def parse_args(argv=None):
             kind = {"size": int, "batch_size": int, "epoch_images": int, "width": int}.get(f.name, type(default))
             parser.add_argument(flag, type=kind, default=default, help=HELP[f.name] + shown)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    if cfg.eval_every < 0:
+        parser.error(f"--eval-every must be 0 (never) or more, got {cfg.eval_every}")
     for name in ("epochs", "batch_size", "epoch_images", "width", "z_dim", "d_steps", "g_steps",
                  "sample_every", "log_every"):
         value = getattr(cfg, name)

@@ -12,7 +12,7 @@ SCRIPTS = ["pretreat.py", "dataReader.py", "weightInit.py", "network.py", "train
 
 def test_importing_the_scripts_creates_nothing_and_starts_nothing(tmp_path):
     code = ("import sys, threading; sys.path.insert(0, sys.argv[1]); "
-            "import pretreat, dataReader, weightInit, network, train, generator; "
+            "import pretreat, dataReader, weightInit, network, train, generator, evaluate; "
             "print(threading.active_count())")
     result = subprocess.run([sys.executable, "-c", code, ROOT], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -21,7 +21,7 @@ def test_importing_the_scripts_creates_nothing_and_starts_nothing(tmp_path):
     assert result.stderr == ""  # and no warning either
 
 
-@pytest.mark.parametrize("script", ["pretreat.py", "dataReader.py", "train.py", "generator.py"])
+@pytest.mark.parametrize("script", ["pretreat.py", "dataReader.py", "train.py", "generator.py", "evaluate.py"])
 def test_help_shows_examples(script, tmp_path):
     result = run_script(script, "--help", cwd=tmp_path)
     assert result.returncode == 0
