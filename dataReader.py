@@ -16,14 +16,12 @@ Examples:
 import argparse
 import json
 import os
-import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-# Paddle warns on every import that ccache is missing; it only matters for building C++ extensions.
-warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle  # noqa: E402
 from paddle.utils.dlpack import from_dlpack  # noqa: E402
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from dataReader import grid_scale, make_grid, write_png
 from train import CheckpointError, ConfigError, load_checkpoint, sample, select_device
 
-import network  # noqa: E402  (after dataReader, which quiets Paddle's import warning)
+import network  # noqa: E402  (after dataReader, which prepares Paddle's threads)
 
 GRID_MAX = 100    # faces shown in grid.png
 BATCH = 256       # faces generated per forward pass

@@ -14,6 +14,7 @@ Example:
 """
 import warnings
 
+import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle
 import paddle.nn as nn
 

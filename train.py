@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from dataReader import DatasetError, FaceDataset, grid_scale, make_grid, make_loader, to_uint8, write_atomic, write_png
 
-import paddle  # noqa: E402  (after dataReader, which quiets Paddle's import warning)
+import paddle  # noqa: E402  (after dataReader, which prepares Paddle's threads)
 import paddle.nn.functional as F  # noqa: E402
 
 import evaluate  # noqa: E402  (its metrics only; it imports generator and train lazily)

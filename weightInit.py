@@ -8,6 +8,7 @@ models can live in one process.
 Example:
     python -c "import network, weightInit; G = network.DCGANGenerator(); G.apply(weightInit.dcgan_init)"
 """
+import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle.nn as nn
 from paddle.nn.initializer import Constant, Normal
 

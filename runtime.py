@@ -1,0 +1,59 @@
+"""Prepare this process for Paddle: imported first by every module that imports Paddle.
+
+Paddle sets OMP_NUM_THREADS=1 when it loads unless the variable is already set, so it
+would use one core; and the MKL in the Paddle wheel takes a slow generic path on AMD CPUs
+unless MKL_DEBUG_CPU_TYPE=5 is set before it loads (a 1024^2 matmul here: 27 -> 80 GFLOP/s).
+Both only work before `import paddle`, so this module sets them and then imports Paddle
+itself, never overriding what the user set. Processes started by paddle.distributed.launch
+share the cores. It also drops two import-time messages that do not apply here: ccache
+(for building C++ extensions) and "OMP_NUM_THREADS set to N, not 1" (about OpenBLAS builds
+and data-parallel runs; this MKL build runs threads fine, and launched processes divide the
+cores).
+
+Example:
+    OMP_NUM_THREADS=1 python train.py      # your own setting wins
+"""
+import contextlib
+import io
+import os
+import sys
+import warnings
+
+
+def cpu_vendor():
+    """The CPU vendor string ('AuthenticAMD', 'GenuineIntel', ...) on Linux, else ''."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def thread_settings(environ, cpus, vendor):
+    """The environment variables to add before Paddle loads: only those the user has not set."""
+    settings = {}
+    if "OMP_NUM_THREADS" not in environ:
+        processes = int(environ.get("PADDLE_TRAINERS_NUM", "1") or 1)  # set by paddle.distributed.launch
+        settings["OMP_NUM_THREADS"] = str(max(1, cpus // max(1, processes)))
+    if vendor == "AuthenticAMD" and "MKL_DEBUG_CPU_TYPE" not in environ:
+        settings["MKL_DEBUG_CPU_TYPE"] = "5"  # MKL's AVX2 path, which it gives only to Intel CPUs otherwise
+    return settings
+
+
+def _import_paddle():
+    """Import Paddle, passing on what it prints to stderr except its OMP_NUM_THREADS advice."""
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        import paddle  # noqa: F401
+    noise = ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY")
+    sys.stderr.write("".join(line for line in captured.getvalue().splitlines(keepends=True)
+                             if not line.startswith(noise)))
+
+
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+if "paddle" not in sys.modules:  # once Paddle is loaded, these variables no longer matter
+    os.environ.update(thread_settings(os.environ, os.cpu_count() or 1, cpu_vendor()))
+    _import_paddle()
