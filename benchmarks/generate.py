@@ -1,0 +1,71 @@
+"""Generator forward speed (no gradients, BatchNorm in inference mode) as img/s.
+
+Comparable with `../shared/bench/torch_reference.py generate`: the tutorial's DCGAN-64
+generator, a batch of noise per step. Prints one JSON line with the median img/s.
+
+Examples:
+    python benchmarks/generate.py --batch 64
+    python benchmarks/versus_torch.py --mode generate
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import runtime  # noqa: E402,F401  (before Paddle: thread and MKL settings)
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+
+import network  # noqa: E402
+import train  # noqa: E402
+
+
+@dataclass
+class GenBenchConfig:
+    size: int = 64         # image side
+    batch: int = 64        # faces per forward pass
+    width: int = 64        # ngf, as the reference
+    steps: int = 10        # forward passes per timing
+    warmup: int = 2        # untimed passes first
+    repeats: int = 3       # timings; the median is reported
+    device: str = "auto"   # auto: the GPU when paddlepaddle-gpu sees one
+
+
+def measure(cfg):
+    """Median img/s of generator.py's path: train.sample on fresh noise."""
+    device = train.select_device(cfg.device)
+    G = network.build_generator("dcgan", dict(size=cfg.size, width=cfg.width, z_dim=100))
+    G.eval()
+    z = np.random.default_rng(0).standard_normal((cfg.batch, 100)).astype(np.float32)
+    for _ in range(cfg.warmup):
+        train.sample(G, z)
+    rates = []
+    for _ in range(cfg.repeats):
+        t = time.perf_counter()
+        for _ in range(cfg.steps):
+            train.sample(G, z)  # to uint8 on the host: the work generator.py does per batch
+        rates.append(cfg.steps * cfg.batch / (time.perf_counter() - t))
+    return {"framework": "paddle", "mode": "generate", "size": cfg.size, "batch": cfg.batch,
+            "img_per_s": round(statistics.median(rates), 2), "threads": os.environ.get("OMP_NUM_THREADS"),
+            "path": "dygraph", "device": device, "paddle": paddle.__version__}
+
+
+def main(argv=None):
+    cfg = GenBenchConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, value in vars(cfg).items():
+        parser.add_argument("--" + name, type=type(value), default=value, help=f"(default: {value})")
+    cfg = GenBenchConfig(**vars(parser.parse_args(argv)))
+    for name in ("size", "batch", "width", "steps", "repeats"):
+        if getattr(cfg, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    print(json.dumps(measure(cfg)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Training-step speed of one architecture as img/s, comparable with ../shared/bench/torch_reference.py.
+
+One step is what the reference times: D updated on a real and a fake batch, then G updated
+--g-steps times (1, as the reference; train.py's default is the tutorial's 2). Prints one
+JSON line with the median img/s of --repeats timings of --steps steps each.
+
+Examples:
+    python benchmarks/train_step.py --arch dcgan --size 64 --batch 128
+    python benchmarks/versus_torch.py                  # this and the reference, alternately
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py  # the thread setup's effect
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import runtime  # noqa: E402,F401  (before Paddle: thread and MKL settings)
+import paddle  # noqa: E402
+
+import network  # noqa: E402
+import train  # noqa: E402
+
+
+@dataclass
+class StepBenchConfig:
+    arch: str = "dcgan"    # network family
+    size: int = 64         # image side
+    batch: int = 128       # images per batch
+    width: int = 64        # ngf = ndf, as the reference
+    g_steps: int = 1       # G updates per step (the reference does 1)
+    steps: int = 8         # steps per timing
+    warmup: int = 2        # untimed steps first
+    repeats: int = 3       # timings; the median is reported
+    device: str = "auto"   # auto: the GPU when paddlepaddle-gpu sees one
+
+
+def measure(cfg):
+    """Median img/s of cfg.repeats timings of cfg.steps training steps."""
+    device = train.select_device(cfg.device)
+    paddle.seed(0)
+    G, D = network.build(cfg.arch, size=cfg.size, width=cfg.width)
+    opt_G = paddle.optimizer.Adam(learning_rate=2e-4, beta1=0.5, parameters=G.parameters())
+    opt_D = paddle.optimizer.Adam(learning_rate=2e-4, beta1=0.5, parameters=D.parameters())
+    real = paddle.uniform([cfg.batch, 3, cfg.size, cfg.size], min=-1, max=1)
+    z_dim = G.args["z_dim"]
+
+    def step():
+        train.d_step(G, D, opt_D, real, z_dim)  # returns floats: the step has finished
+        for _ in range(cfg.g_steps):
+            train.g_step(G, D, opt_G, cfg.batch, z_dim)
+
+    for _ in range(cfg.warmup):
+        step()
+    rates = []
+    for _ in range(cfg.repeats):
+        t = time.perf_counter()
+        for _ in range(cfg.steps):
+            step()
+        rates.append(cfg.steps * cfg.batch / (time.perf_counter() - t))
+    return {"framework": "paddle", "mode": "train", "arch": cfg.arch, "size": cfg.size, "batch": cfg.batch,
+            "g_steps": cfg.g_steps, "img_per_s": round(statistics.median(rates), 2),
+            "threads": os.environ.get("OMP_NUM_THREADS"), "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE"),
+            "path": "dygraph", "device": device, "paddle": paddle.__version__}
+
+
+def main(argv=None):
+    cfg = StepBenchConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, value in vars(cfg).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
+                            help=f"(default: {value})")
+    cfg = StepBenchConfig(**vars(parser.parse_args(argv)))
+    for name in ("size", "batch", "width", "steps", "repeats"):
+        if getattr(cfg, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    print(json.dumps(measure(cfg)))
+
+
+if __name__ == "__main__":
+    main()
