@@ -1,4 +1,5 @@
 """generator.py: rebuilds G from the checkpoint alone, same seed same faces, clear errors."""
+import json
 import os
 
 import cv2
@@ -53,3 +54,41 @@ def test_truncated_checkpoint_is_refused(checkpoint, tmp_path):
     result = run_script("generator.py", "--checkpoint", broken, "--out", tmp_path / "g", cwd=tmp_path)
     assert_user_error(result, "cannot read checkpoint")
     assert not (tmp_path / "g").exists()
+
+
+def test_exported_generator_matches_eager_mode(checkpoint):
+    G, _ = generator.load_generator(checkpoint)
+    fast = generator.fast_generator(G, checkpoint)
+    z = np.random.default_rng(0).standard_normal((20, 100)).astype(np.float32)
+    faces, expected = fast(z), train.sample(G, z)
+    assert faces.shape == expected.shape == (20, 8, 8, 3) and faces.dtype == np.uint8
+    assert np.abs(faces.astype(int) - expected).max() <= 1  # within 1/255 (bf16 is only used if so)
+
+
+def test_export_is_reused_until_the_checkpoint_changes(checkpoint):
+    G, _ = generator.load_generator(checkpoint)
+    generator.fast_generator(G, checkpoint)
+    stamp = os.path.join(os.path.dirname(checkpoint), generator.EXPORT_DIR, "export.json")
+    model = os.path.join(os.path.dirname(stamp), json.load(open(stamp))["model"])
+    first = os.stat(model).st_mtime_ns
+    generator.fast_generator(G, checkpoint)
+    assert os.stat(model).st_mtime_ns == first
+    st = os.stat(checkpoint)
+    os.utime(checkpoint, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if training wrote a new one
+    generator.fast_generator(G, checkpoint)
+    assert os.stat(model).st_mtime_ns != first
+    assert json.load(open(stamp))["source"]["mtime_ns"] == st.st_mtime_ns + 10**9
+
+
+def test_engines_agree_and_export_writes_a_deployable_model(checkpoint, tmp_path):
+    for engine in ("dygraph", "inference"):
+        generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path / engine), "--num", "6", "--seed", "2",
+                        "--engine", engine, "--device", "cpu"])
+    for i in range(6):
+        a = cv2.imread(str(tmp_path / "dygraph" / f"{i:04d}.png")).astype(int)
+        b = cv2.imread(str(tmp_path / "inference" / f"{i:04d}.png")).astype(int)
+        assert np.abs(a - b).max() <= 1
+    generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path / "x"), "--num", "1",
+                    "--export", str(tmp_path / "deploy" / "gen")])
+    assert {"gen.pdiparams"} < set(os.listdir(tmp_path / "deploy"))
+    assert {"gen.json", "gen.pdmodel"} & set(os.listdir(tmp_path / "deploy"))
