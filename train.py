@@ -101,13 +101,10 @@ def select_device(name):
 
 # ----------------------------------------------------------------------------- steps
 
-def d_step(G, D, opt_D, real, z_dim):
-    """One D update on a real batch and as many fakes; returns loss_D and D's mean outputs."""
-    n = real.shape[0]
-    with paddle.no_grad():
-        fake = G(paddle.randn([n, z_dim]))
+def d_step(D, opt_D, real, fake):
+    """One D update on a real batch and a fake one (not differentiated into G); returns numbers."""
     # Real and fake go through D separately, so its BatchNorm sees all-real and all-fake batches.
-    logits_real, logits_fake = D(real), D(fake)
+    logits_real, logits_fake = D(real), D(fake.detach())
     loss_D = (F.binary_cross_entropy_with_logits(logits_real, paddle.ones_like(logits_real))
               + F.binary_cross_entropy_with_logits(logits_fake, paddle.zeros_like(logits_fake)))
     opt_D.clear_grad()
@@ -118,14 +115,39 @@ def d_step(G, D, opt_D, real, z_dim):
             "D_fake": float(F.sigmoid(logits_fake).mean())}
 
 
-def g_step(G, D, opt_G, batch_size, z_dim):
-    """One G update with fresh noise, non-saturating loss BCE(D(G(z)), 1); returns loss_G."""
-    logits = D(G(paddle.randn([batch_size, z_dim])))
-    loss_G = F.binary_cross_entropy_with_logits(logits, paddle.ones_like(logits))
-    opt_G.clear_grad()
-    loss_G.backward()  # also fills D's gradients, which opt_D.clear_grad discards before D's step
-    opt_G.step()
+def g_step(D, opt_G, fake):
+    """One G update from fakes still attached to G's graph: non-saturating BCE(D(fake), 1)."""
+    params = D.parameters()
+    for p in params:  # D's weight gradients would be thrown away: do not compute them
+        p.stop_gradient = True
+    try:
+        logits = D(fake)
+        loss_G = F.binary_cross_entropy_with_logits(logits, paddle.ones_like(logits))
+        opt_G.clear_grad()
+        loss_G.backward()
+        opt_G.step()
+    finally:
+        for p in params:
+            p.stop_gradient = False
     return float(loss_G)
+
+
+def train_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps=1, g_steps=2):
+    """d_steps D updates, then g_steps G updates; returns loss_D, D_real, D_fake, loss_G.
+
+    The first G update reuses the fakes of the first D update, graph and all, as the
+    PyTorch DCGAN does: the same maths as a second G forward on the same noise, one forward
+    fewer. Further D updates draw fresh fakes without a graph; further G updates fresh noise.
+    """
+    n = real.shape[0]
+    fake = G(paddle.randn([n, z_dim]))
+    stats = d_step(D, opt_D, real, fake)
+    for _ in range(d_steps - 1):
+        with paddle.no_grad():
+            more = G(paddle.randn([n, z_dim]))
+        stats = d_step(D, opt_D, real, more)
+    losses = [g_step(D, opt_G, fake)] + [g_step(D, opt_G, G(paddle.randn([n, z_dim]))) for _ in range(g_steps - 1)]
+    return dict(stats, loss_G=float(np.mean(losses)))
 
 
 def sample(G, z):
@@ -248,10 +270,7 @@ def train(cfg, progress=True):
         loader.batch_sampler.set_epoch(epoch - 1)
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="it", disable=not progress, leave=False)
         for real in bar:
-            for _ in range(cfg.d_steps):
-                stats = d_step(G, D, opt_D, real, cfg.z_dim)
-            stats["loss_G"] = float(np.mean([g_step(G, D, opt_G, cfg.batch_size, cfg.z_dim)
-                                             for _ in range(cfg.g_steps)]))
+            stats = train_iteration(G, D, opt_G, opt_D, real, cfg.z_dim, cfg.d_steps, cfg.g_steps)
             iteration += 1
             images_seen += real.shape[0]
             interval.append(stats)

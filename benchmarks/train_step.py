@@ -49,10 +49,8 @@ def measure(cfg):
     real = paddle.uniform([cfg.batch, 3, cfg.size, cfg.size], min=-1, max=1)
     z_dim = G.args["z_dim"]
 
-    def step():
-        train.d_step(G, D, opt_D, real, z_dim)  # returns floats: the step has finished
-        for _ in range(cfg.g_steps):
-            train.g_step(G, D, opt_G, cfg.batch, z_dim)
+    def step():  # train.py's own iteration; it returns floats, so the work has finished
+        train.train_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps=1, g_steps=cfg.g_steps)
 
     for _ in range(cfg.warmup):
         step()

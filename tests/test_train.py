@@ -41,21 +41,73 @@ def changed(before, net):
     return {k for k in before if not np.array_equal(before[k], after[k])}
 
 
-def test_d_step_moves_only_D_and_g_step_moves_only_G():
-    paddle.seed(0)
+def nets(seed=0):
+    paddle.seed(seed)
     G, D = network.build("dcgan", size=8, width=8)
     opt_G = paddle.optimizer.Adam(learning_rate=2e-4, beta1=0.5, parameters=G.parameters())
     opt_D = paddle.optimizer.Adam(learning_rate=2e-4, beta1=0.5, parameters=D.parameters())
+    return G, D, opt_G, opt_D
+
+
+def test_d_step_moves_only_D_and_g_step_moves_only_G():
+    G, D, opt_G, opt_D = nets()
     real = paddle.uniform([4, 3, 8, 8], min=-1, max=1)
     g0, d0 = weights(G), weights(D)
-    stats = train.d_step(G, D, opt_D, real, 100)
+    fake = G(paddle.randn([4, 100]))
+    stats = train.d_step(D, opt_D, real, fake)
     assert set(stats) == {"loss_D", "D_real", "D_fake"} and stats["loss_D"] > 0
     assert 0 < stats["D_real"] < 1 and 0 < stats["D_fake"] < 1
     assert changed(g0, G) == set() and changed(d0, D) == set(d0)
     d1 = weights(D)
-    loss_G = train.g_step(G, D, opt_G, 4, 100)
+    d_grads = [p.grad.numpy().copy() for p in D.parameters()]  # left from D's own step
+    loss_G = train.g_step(D, opt_G, fake)
     assert isinstance(loss_G, float) and loss_G > 0
     assert changed(d1, D) == set() and changed(g0, G) == set(g0)
+    for before, p in zip(d_grads, D.parameters()):  # G's update computed no D weight gradient
+        np.testing.assert_array_equal(p.grad.numpy(), before)
+    assert all(not p.stop_gradient for p in D.parameters())  # and D is trainable again
+
+
+@pytest.mark.parametrize("d_steps, g_steps", [(1, 2), (2, 1)])
+def test_iteration_equals_the_plain_step_with_separate_forwards(d_steps, g_steps):
+    # The plain way: G's fakes for D without a graph, then G forwarded again on the same noise
+    # for its update, D's weight gradients computed and discarded. Same maths, more work.
+    import paddle.nn.functional as F
+    bce = F.binary_cross_entropy_with_logits
+    real = paddle.uniform([4, 3, 8, 8], min=-1, max=1)
+    G1, D1, oG1, oD1 = nets(1)
+    G2, D2, oG2, oD2 = nets(1)
+    paddle.seed(7)
+    fast = train.train_iteration(G1, D1, oG1, oD1, real, 100, d_steps=d_steps, g_steps=g_steps)
+
+    paddle.seed(7)
+    zs = [paddle.randn([4, 100])] + [None] * (d_steps - 1)
+    losses_D = []
+    for k in range(d_steps):
+        z = zs[k] if zs[k] is not None else paddle.randn([4, 100])
+        with paddle.no_grad():
+            fake = G2(z)
+        lr, lf = D2(real), D2(fake)
+        loss_D = bce(lr, paddle.ones_like(lr)) + bce(lf, paddle.zeros_like(lf))
+        oD2.clear_grad()
+        loss_D.backward()
+        oD2.step()
+        losses_D.append(float(loss_D))
+    losses_G = []
+    for k in range(g_steps):
+        out = D2(G2(zs[0] if k == 0 else paddle.randn([4, 100])))
+        loss_G = bce(out, paddle.ones_like(out))
+        oG2.clear_grad()
+        loss_G.backward()
+        oG2.step()
+        losses_G.append(float(loss_G))
+
+    assert fast["loss_D"] == pytest.approx(losses_D[-1], rel=1e-5)
+    assert fast["loss_G"] == pytest.approx(float(np.mean(losses_G)), rel=1e-5)
+    for a, b in ((G1, G2), (D1, D2)):
+        wa, wb = weights(a), weights(b)
+        for name in wa:
+            np.testing.assert_allclose(wa[name], wb[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
 def test_short_run_changes_weights_and_writes_every_file(lfw8, tmp_path):
