@@ -175,6 +175,13 @@ class FaceDataset(paddle.io.Dataset):
     def __getitem__(self, index):
         return self.get_batch([index])[0]
 
+    def get_uint8(self, indices):
+        """uint8 N x H x W x 3 images at this dataset's size, in the order of `indices`, unmirrored."""
+        images = self.images[np.asarray(indices, dtype=np.int64)]
+        if self.factor == 1:
+            return images
+        return np.rint(area_downsample(images.astype(np.float32), self.factor)).astype(np.uint8)
+
     def get_batch(self, indices):
         """Float32 N x 3 x H x W batch of `indices`, read with one fancy index.
 

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.ndimage
 import scipy.signal
 
-from dataReader import DatasetError, FaceDataset, area_downsample, to_uint8, write_json
+from dataReader import DatasetError, FaceDataset, area_downsample, write_json
 
 SWD_PATCH = 7                 # patch side (PG-GAN)
 SWD_PATCHES = 128             # patches per image and level
@@ -199,10 +199,9 @@ def diversity(images):
 
 # ----------------------------------------------------------------------------- memorization
 
-def _small(images):
-    """uint8 N x H x W x 3 -> float32 rows, block-averaged down to 32x32 (smaller images as they are)."""
-    factor = max(1, images.shape[1] // MEMO_SIZE)
-    return area_downsample(images.astype(np.float32), factor).reshape(len(images), -1)
+def _small(images, side):
+    """uint8 N x H x W x 3 (H a multiple of `side`) -> float32 rows of side x side block averages."""
+    return area_downsample(images.astype(np.float32), images.shape[1] // side).reshape(len(images), -1)
 
 
 def nearest_distances(queries, references, skip=None, chunk=4096):
@@ -222,18 +221,29 @@ def nearest_distances(queries, references, skip=None, chunk=4096):
     return np.sqrt(np.maximum(best, 0))
 
 
-def memorization(fakes, train, seed=0, sample=2000):
+def memorization(fakes, train, seed=0, sample=2000, chunk=4096):
     """Near-copies among `fakes`: distance to the nearest training image (mirrors included),
-    against the typical distance from a training image to its nearest other one."""
-    t, t_mirrored = _small(train), _small(train[:, :, ::-1])
-    probe = np.random.default_rng(seed).choice(len(t), min(sample, len(t)), replace=False)
-    own = np.minimum(nearest_distances(t[probe], t, skip=probe),            # not itself
-                     nearest_distances(t[probe], t_mirrored, skip=probe))   # nor its own mirror
-    typical = float(np.median(own))
-    d = nearest_distances(_small(fakes), np.concatenate([t, t_mirrored]))
-    copies = d < COPY_FRACTION * typical
+    against the typical distance from a training image to its nearest other one.
+
+    `train` may be a memmap of any size: it is read `chunk` images at a time, so memory
+    does not grow with it. Images are compared at 32x32, or at the fakes' size if smaller.
+    """
+    side = min(MEMO_SIZE, fakes.shape[1])
+    queries = _small(fakes, side)
+    probe = np.sort(np.random.default_rng(seed).choice(len(train), min(sample, len(train)), replace=False))
+    probes = _small(np.asarray(train[probe]), side)
+    to_fake = np.full(len(queries), np.inf, np.float32)
+    to_train = np.full(len(probes), np.inf, np.float32)
+    for start in range(0, len(train), chunk):
+        part = np.asarray(train[start:start + chunk])
+        for rows in (_small(part, side), _small(part[:, :, ::-1], side)):  # plain and mirrored
+            to_fake = np.minimum(to_fake, nearest_distances(queries, rows))
+            # A probe may match neither itself nor its own mirror.
+            to_train = np.minimum(to_train, nearest_distances(probes, rows, skip=probe - start))
+    typical = float(np.median(to_train))
+    copies = to_fake < COPY_FRACTION * typical
     return {"copies": int(copies.sum()), "fraction": float(copies.mean()),
-            "median_nn_distance": float(np.median(d)), "train_typical_nn_distance": typical}
+            "median_nn_distance": float(np.median(to_fake)), "train_typical_nn_distance": typical}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -251,9 +261,8 @@ def evaluate(cfg):
     if n < 2:
         raise DatasetError(f"{cfg.data} holds {len(dataset)} images; evaluation needs at least 4")
     order = np.random.default_rng(cfg.seed).permutation(len(dataset))
-    real_a = to_uint8(dataset.get_batch(np.sort(order[:n])))
-    real_b = to_uint8(dataset.get_batch(np.sort(order[n:2 * n])))
-    train_all = to_uint8(dataset.get_batch(np.arange(len(dataset))))
+    real_a = dataset.get_uint8(np.sort(order[:n]))
+    real_b = dataset.get_uint8(np.sort(order[n:2 * n]))
 
     paddle.seed(cfg.seed)
     untrained = network.build_generator(state["arch"], state["arch_args"])
@@ -265,7 +274,7 @@ def evaluate(cfg):
         per_level, mean = swd(images, real_a, seed=cfg.seed)
         rows[name] = {"swd_x1e3": mean, "swd_x1e3_per_size": per_level, "ms_ssim": diversity(images)}
     for name, images in fakes.items():
-        rows[name]["memorization"] = memorization(images, train_all, seed=cfg.seed)
+        rows[name]["memorization"] = memorization(images, dataset.images, seed=cfg.seed)
     return {"checkpoint": os.path.abspath(cfg.checkpoint), "epoch": state.get("epoch"),
             "iteration": state.get("iteration"), "data": os.path.abspath(cfg.data), "size": size,
             "images_per_set": n, "results": rows, "config": asdict(cfg)}

@@ -246,7 +246,7 @@ def train(cfg, progress=True):
     eval_history = []
     if cfg.eval_every:  # a fixed real sample and fixed noise, so SWD values compare across iterations
         n_eval = min(EVAL_COUNT, len(dataset) // 2)
-        eval_real = to_uint8(dataset.get_batch(np.random.default_rng(cfg.seed).permutation(len(dataset))[:n_eval]))
+        eval_real = dataset.get_uint8(np.sort(np.random.default_rng(cfg.seed).permutation(len(dataset))[:n_eval]))
         eval_z = np.random.default_rng([cfg.seed, 1]).standard_normal((n_eval, cfg.z_dim)).astype(np.float32)
 
     def measure(epoch, iteration, images_seen):

@@ -115,3 +115,10 @@ def test_ms_ssim_on_images_smaller_than_five_scales(faces):
     small = faces[:4, ::4, ::4]  # 8x8: four scales
     assert evaluate.ms_ssim(small, small) == pytest.approx(1.0, abs=1e-6)
     assert evaluate.ms_ssim(small[:2], small[2:]) < 1
+
+
+def test_memorization_reads_the_training_set_in_chunks(faces):
+    fakes = np.concatenate([faces[:3], noise((5, 32, 32, 3))])
+    whole = evaluate.memorization(fakes, faces[:90], chunk=4096)
+    assert evaluate.memorization(fakes, faces[:90], chunk=7) == pytest.approx(whole)
+    assert whole["copies"] == 3

@@ -123,3 +123,11 @@ def test_sizes_that_do_not_divide_the_stored_size_are_refused(lfw32):
     for size in (12, 64):
         with pytest.raises(dataReader.DatasetError, match="divides 32"):
             dataReader.FaceDataset(lfw32, size=size)
+
+
+def test_uint8_reads_keep_order_and_round_block_means(lfw32):
+    stored = np.load(os.path.join(lfw32, "images.npy"))
+    np.testing.assert_array_equal(dataReader.FaceDataset(lfw32).get_uint8([5, 2]), stored[[5, 2]])
+    small = dataReader.FaceDataset(lfw32, size=16).get_uint8([5])
+    expected = stored[5].astype(np.float64).reshape(16, 2, 16, 2, 3).mean(axis=(1, 3))
+    assert np.abs(small[0].astype(int) - expected).max() <= 0.5 + 1e-6
