@@ -82,11 +82,11 @@ def make_grid(images, ncols=None, pad=2, fill=255):
     n, h, w, c = images.shape
     ncols = ncols or int(np.ceil(np.sqrt(n)))
     nrows = int(np.ceil(n / ncols))
-    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), fill, np.uint8)
-    for i, img in enumerate(images):
-        r, q = divmod(i, ncols)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
-    return grid
+    cells = np.full((nrows * ncols, h + pad, w + pad, c), fill, np.uint8)
+    cells[:n, pad:, pad:] = images  # each cell: the image with a border above and to the left
+    grid = cells.reshape(nrows, ncols, h + pad, w + pad, c).transpose(0, 2, 1, 3, 4)
+    grid = grid.reshape(nrows * (h + pad), ncols * (w + pad), c)
+    return np.pad(grid, ((0, pad), (0, pad), (0, 0)), constant_values=fill)  # and the last border
 
 
 def write_png(path, image, scale=1):
@@ -107,8 +107,11 @@ def grid_scale(size):
 
 # ----------------------------------------------------------------------------- dataset
 
-def read_manifest(folder):
-    """The manifest of the dataset in `folder`, checked against its array; raises DatasetError."""
+def open_dataset(folder):
+    """(manifest, memmapped uint8 array) of the dataset in `folder`, checked against each other.
+
+    Raises DatasetError, saying what to do, for a missing, incomplete or inconsistent dataset.
+    """
     manifest_path = os.path.join(folder, MANIFEST_FILE)
     images_path = os.path.join(folder, IMAGES_FILE)
     if not os.path.isfile(manifest_path):
@@ -133,7 +136,12 @@ def read_manifest(folder):
                            f"promises uint8 {[manifest['count'], size, size, 3]}: run `python pretreat.py` again")
     if manifest["count"] == 0:
         raise DatasetError(f"dataset in {folder} holds no image: run `python pretreat.py` on other images")
-    return manifest
+    return manifest, images
+
+
+def read_manifest(folder):
+    """The manifest of the dataset in `folder`, checked against its array; raises DatasetError."""
+    return open_dataset(folder)[0]
 
 
 def area_downsample(images, factor):
@@ -152,8 +160,7 @@ class FaceDataset(paddle.io.Dataset):
 
     def __init__(self, folder, size=None):
         self.folder = folder
-        self.manifest = read_manifest(folder)
-        self.images = np.load(os.path.join(folder, IMAGES_FILE), mmap_mode="r")
+        self.manifest, self.images = open_dataset(folder)
         stored = self.manifest["size"]
         self.size = size or stored
         if self.size > stored or stored % self.size:
@@ -167,7 +174,7 @@ class FaceDataset(paddle.io.Dataset):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.images = np.load(os.path.join(self.folder, IMAGES_FILE), mmap_mode="r")
+        self.images = open_dataset(self.folder)[1]
 
     def __len__(self):
         return len(self.images)

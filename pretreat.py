@@ -346,8 +346,8 @@ def build(cfg, progress=True):
         try:
             if source is None:
                 faces = embedded_faces(size)
-                np.save(tmp_path, faces, allow_pickle=False)
-                os.replace(f"{tmp_path}.npy", tmp_path)  # np.save appends .npy to names without it
+                with open(tmp_path, "wb") as f:  # a file object: np.save adds no ".npy" to its name
+                    np.save(f, faces, allow_pickle=False)
                 written, skipped = len(faces), []
             else:
                 workers = cfg.workers or os.cpu_count() or 1
@@ -358,9 +358,8 @@ def build(cfg, progress=True):
                 os.remove(manifest_path)  # the old dataset stops being valid before its array is replaced
             os.replace(tmp_path, images_path)
         finally:
-            for leftover in (tmp_path, f"{tmp_path}.npy"):
-                if os.path.exists(leftover):
-                    os.remove(leftover)
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
     finally:
         if source is not None:
             source.close()

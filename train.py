@@ -164,14 +164,10 @@ def sample(G, z):
 # ----------------------------------------------------------------------------- files
 
 def save_checkpoint(path, state):
-    """paddle.save `state` to a temporary file, then os.replace: a crash leaves the old one intact."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        paddle.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """paddle.save `state`, then write it atomically: a crash leaves the old checkpoint intact."""
+    buf = io.BytesIO()
+    paddle.save(state, buf)
+    write_atomic(path, buf.getvalue())
 
 
 class CheckpointError(Exception):
