@@ -9,6 +9,7 @@ Example:
     python -c "import network, weightInit; G = network.DCGANGenerator(); G.apply(weightInit.dcgan_init)"
 """
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
+import paddle
 import paddle.nn as nn
 from paddle.nn.initializer import Constant, Normal
 
@@ -19,7 +20,13 @@ _NORMS = (nn.BatchNorm2D, nn.BatchNorm1D)
 
 
 def dcgan_init(layer):
-    """Initialise one layer as DCGAN does; pass to `Layer.apply`, which visits every sublayer."""
+    """Initialise one layer as DCGAN does; pass to `Layer.apply`, which visits every sublayer.
+
+    In static mode it does nothing: there an initializer would add ops to the program being
+    built, and faststep's static copies take their weights from the dygraph networks.
+    """
+    if not paddle.in_dynamic_mode():
+        return
     if isinstance(layer, _WEIGHTED):
         Normal(0.0, CONV_STD)(layer.weight)
         if layer.bias is not None:

@@ -1,0 +1,185 @@
+"""The CPU training step: train.train_iteration as one static program with oneDNN convolutions.
+
+Paddle's eager mode runs every convolution through im2col + MKL GEMM one sample at a time
+and never uses oneDNN, which is what makes a CPU DCGAN step slow. This module builds the
+same iteration as train.train_iteration (D update on a real and a fake batch, then the G
+updates, the first reusing the D update's fakes) as a legacy static program, and marks its
+conv2d ops and their gradients to run on oneDNN (oneDNN has no transposed-conv gradient, and
+its batch_norm_grad fails in these programs). G's first layer, a transposed convolution of a
+1x1 input, runs as the one matrix product it is (Paddle's kernel does a matrix-vector product
+per sample), with the same parameter. Measured alternatives are in benchmarks/README.md.
+
+The weights, BatchNorm statistics and Adam moments live in this step's own scope while it
+trains; `load` copies them in from the dygraph networks and optimizers, `store` copies them
+back (before samples, evaluation and checkpoints), so everything else in the project keeps
+using the dygraph objects. Noise comes from paddle.randn in the same order as the dygraph
+step, so a seeded run draws the same numbers on both paths. Losses and weights agree with
+the dygraph step to float tolerance (tests/test_faststep.py).
+
+Example:
+    step = FastStep("dcgan", G.args, batch=128, lr=2e-4, beta1=0.5, beta2=0.999)
+    step.load(G, D, opt_G, opt_D)
+    stats = step(real_batch)            # {'loss_D', 'D_real', 'D_fake', 'loss_G'}
+    step.store(G, D, opt_G, opt_D)
+"""
+import types
+
+import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle.base.layer_helper import LayerHelper
+
+import network
+
+# Run the ops one at a time (oneDNN and MKL use the cores themselves) and in the program's
+# order: Adam updates parameters in place, and without this the executor's own schedule let
+# a later forward read D's weights before their update from the second run on.
+paddle.set_flags({"FLAGS_new_executor_serial_run": True, "FLAGS_new_executor_sequential_run": True})
+
+SUPPORTED = ("dcgan",)  # architectures whose every op has a static kernel here
+ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad and conv2d_transpose fail in these programs
+ADAM_STATES = ("moment1_0", "moment2_0", "beta1_pow_acc_0", "beta2_pow_acc_0")
+
+
+# ----------------------------------------------------------------------------- rewrites
+
+def _dense_forward(self, x):
+    """A transposed conv of a 1x1 input with padding 0 and stride 1 is one product: x @ weight."""
+    if list(x.shape[2:]) != [1, 1]:
+        return nn.Conv2DTranspose.forward(self, x)
+    c_in, c_out, k, _ = self.weight.shape
+    return paddle.mm(x.reshape([-1, c_in]), self.weight.reshape([c_in, c_out * k * k])).reshape([-1, c_out, k, k])
+
+
+def unary(op_type, x):
+    """A legacy static op of one input, X -> Out: Paddle 3's tanh, sigmoid and matmul build only PIR programs."""
+    helper = LayerHelper(op_type)
+    out = helper.create_variable_for_type_inference(x.dtype)
+    helper.append_op(type=op_type, inputs={"X": x}, outputs={"Out": out})
+    return out
+
+
+def _tanh_forward(self, x):
+    return unary("tanh", x)
+
+
+def lower(net):
+    """Rewrite `net`'s layers in place for the static program (see the module docstring)."""
+    for layer in net.sublayers():
+        if isinstance(layer, nn.Conv2DTranspose) and list(layer._stride) == [1, 1] and not np.any(layer._padding):
+            layer.forward = types.MethodType(_dense_forward, layer)
+        elif isinstance(layer, nn.Tanh):
+            layer.forward = types.MethodType(_tanh_forward, layer)
+
+
+def _bce(logits, target):
+    return F.binary_cross_entropy_with_logits(logits, paddle.full_like(logits, target))
+
+
+def _ensure_accumulators(opt):
+    """Create a dygraph optimizer's moment tensors if it has not stepped yet, so it can take values."""
+    if not opt._accumulators:
+        trained = [p for p in opt._parameter_list if p.trainable]  # not BatchNorm's running statistics
+        opt._create_accumulators(paddle.base.framework.default_main_program().global_block(), trained)
+
+
+# ----------------------------------------------------------------------------- the step
+
+class FastStep:
+    """train.train_iteration for one architecture and batch size, as a static program on the CPU."""
+
+    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2):
+        if arch not in SUPPORTED:
+            raise ValueError(f"no static step for {arch!r}; it has: {', '.join(SUPPORTED)}")
+        self.batch, self.z_dim = batch, arch_args["z_dim"]
+        self.d_steps, self.g_steps = d_steps, g_steps
+        self.scope = paddle.static.Scope()
+        self.place = paddle.CPUPlace()
+        with paddle.pir_utils.OldIrGuard():
+            self.program, startup = paddle.static.Program(), paddle.static.Program()
+            with paddle.static.program_guard(self.program, startup), paddle.utils.unique_name.guard():
+                self._build(arch, arch_args, lr, beta1, beta2)
+            for op in self.program.global_block().ops:
+                if op.type in ONEDNN_OPS:
+                    op._set_attr("use_mkldnn", True)
+            self.executor = paddle.static.Executor(self.place)
+            rng = paddle.get_rng_state()  # the startup's initializers draw from the global generator:
+            with paddle.static.scope_guard(self.scope):
+                self.executor.run(startup)
+            paddle.set_rng_state(rng)     # leave the training noise where the dygraph step would find it
+
+    def _build(self, arch, arch_args, lr, beta1, beta2):
+        G, D = network.build(arch, **arch_args)   # weights come from `load`
+        lower(G)
+        n, z_dim = self.batch, self.z_dim
+        real = paddle.static.data("real", [n, 3, G.args["size"], G.args["size"]], "float32")
+        zs = [paddle.static.data(f"z{i}", [n, z_dim], "float32") for i in range(self.d_steps + self.g_steps - 1)]
+        adam = dict(learning_rate=lr, beta1=beta1, beta2=beta2)
+        opt_D = paddle.optimizer.Adam(parameters=D.parameters(), **adam)
+        opt_G = paddle.optimizer.Adam(parameters=G.parameters(), **adam)
+        d_names = {p.name for p in D.parameters()}
+
+        fake = G(zs[0])
+        for i in range(self.d_steps):
+            more = fake if i == 0 else G(zs[i])
+            logits_real, logits_fake = D(real), D(more.detach())
+            loss_D = _bce(logits_real, 1.0) + _bce(logits_fake, 0.0)
+            opt_D.minimize(loss_D, parameters=D.parameters())
+        losses_G = []
+        for i in range(self.g_steps):
+            more = fake if i == 0 else G(zs[self.d_steps + i - 1])
+            loss_G = _bce(D(more), 1.0)
+            opt_G.minimize(loss_G, parameters=G.parameters(), no_grad_set=d_names)
+            losses_G.append(loss_G)
+        self.feeds = ["real"] + [z.name for z in zs]
+        self.fetch = [loss_D, unary("sigmoid", logits_real).mean(), unary("sigmoid", logits_fake).mean(),
+                      paddle.stack(losses_G).mean()]
+        # dygraph state_dict keys (structural, the same in both modes) -> this program's variable names
+        self.names = {"G": {k: v.name for k, v in G.state_dict().items()},
+                      "D": {k: v.name for k, v in D.state_dict().items()}}
+        self.trained = {key: [k for k, v in net.state_dict().items() if v.name in {p.name for p in net.parameters() if p.trainable}]
+                        for key, net in (("G", G), ("D", D))}   # keys with Adam state: not BN statistics
+
+    # --- state in and out
+
+    def _set(self, name, value):
+        self.scope.var(name).get_tensor().set(np.asarray(value, dtype=np.float32), self.place)
+
+    def _get(self, name):
+        return np.array(self.scope.find_var(name).get_tensor())
+
+    def load(self, G, D, opt_G, opt_D):
+        """Copy weights, BatchNorm statistics and Adam state from the dygraph objects into the program."""
+        for key, net, opt in (("G", G, opt_G), ("D", D, opt_D)):
+            state, names = net.state_dict(), self.names[key]
+            for k, static_name in names.items():
+                self._set(static_name, state[k].numpy())
+            opt_state = opt.state_dict()
+            for k in self.trained[key]:
+                for suffix in ADAM_STATES:
+                    if f"{state[k].name}_{suffix}" in opt_state:  # a fresh optimizer has none yet
+                        self._set(f"{names[k]}_{suffix}", opt_state[f"{state[k].name}_{suffix}"].numpy())
+
+    def store(self, G, D, opt_G, opt_D):
+        """Copy the program's weights, statistics and Adam state back into the dygraph objects."""
+        for key, net, opt in (("G", G, opt_G), ("D", D, opt_D)):
+            names, state = self.names[key], net.state_dict()
+            net.set_state_dict({k: self._get(static_name) for k, static_name in names.items()})
+            _ensure_accumulators(opt)
+            opt.set_state_dict({f"{state[k].name}_{suffix}": self._get(f"{names[k]}_{suffix}")
+                                for k in self.trained[key] for suffix in ADAM_STATES})
+
+    # --- one iteration
+
+    def __call__(self, real):
+        """One iteration on the batch `real` (N x 3 x S x S in [-1, 1]); returns the numbers train_iteration does."""
+        real = real.numpy() if isinstance(real, paddle.Tensor) else np.asarray(real)
+        if real.shape[0] != self.batch:
+            raise ValueError(f"this step was built for batches of {self.batch}, got {real.shape[0]}")
+        # the dygraph step's noise, drawn in its order from Paddle's global generator
+        zs = [paddle.randn([self.batch, self.z_dim]).numpy() for _ in range(self.d_steps + self.g_steps - 1)]
+        with paddle.pir_utils.OldIrGuard(), paddle.static.scope_guard(self.scope):
+            out = self.executor.run(self.program, feed=dict(zip(self.feeds, [real] + zs)), fetch_list=self.fetch)
+        return dict(zip(("loss_D", "D_real", "D_fake", "loss_G"), (float(v) for v in out)))

@@ -1,0 +1,123 @@
+"""faststep.py: the static CPU training step computes what the dygraph step computes."""
+import numpy as np
+import paddle
+import pytest
+
+import faststep
+import network
+import train
+
+
+def setup(seed=1, size=16, width=8):
+    paddle.seed(seed)
+    G, D = network.build("dcgan", size=size, width=width)
+    adam = dict(learning_rate=2e-4, beta1=0.5, beta2=0.999)
+    return G, D, paddle.optimizer.Adam(parameters=G.parameters(), **adam), paddle.optimizer.Adam(parameters=D.parameters(), **adam)
+
+
+def state(G, D, opt_G, opt_D):
+    """Every number of the training state, keyed by structure: weights, BN statistics, Adam moments."""
+    out = {}
+    for key, net, opt in (("G", G, opt_G), ("D", D, opt_D)):
+        names = {}
+        for k, v in net.state_dict().items():
+            out[f"{key}.{k}"] = v.numpy().copy()
+            names[v.name] = k
+        for k, v in opt.state_dict().items():
+            if hasattr(v, "numpy"):
+                base = max((n for n in names if k.startswith(n + "_")), key=len)
+                out[f"{key}.{names[base]}.{k[len(base) + 1:]}"] = v.numpy().copy()
+    return out
+
+
+@pytest.mark.parametrize("d_steps, g_steps", [(1, 2), (2, 1), (1, 1)])
+def test_static_step_equals_the_dygraph_step(d_steps, g_steps):
+    batch = 8
+    real = [paddle.uniform([batch, 3, 16, 16], min=-1, max=1) for _ in range(3)]
+    plain, static = setup(), setup()
+    # one dygraph iteration on both first, so `load` carries real Adam moments across
+    for objects in (plain, static):
+        paddle.seed(5)
+        train.train_iteration(*objects, real[0], 100, d_steps, g_steps)
+    step = faststep.FastStep("dcgan", plain[0].args, batch, 2e-4, 0.5, 0.999, d_steps, g_steps)
+    step.load(*static)
+    for i, x in enumerate(real):
+        paddle.seed(10 + i)
+        expected = train.train_iteration(*plain, x, 100, d_steps, g_steps)
+        paddle.seed(10 + i)
+        got = step(x)
+        assert set(got) == set(expected)
+        for k in expected:
+            assert got[k] == pytest.approx(expected[k], rel=1e-4), (i, k)
+    step.store(*static)
+    want, have = state(*plain), state(*static)
+    assert set(want) == set(have) and any(k.endswith("moment2_0") for k in want)
+    for k in want:  # float32 sums in another order: about 1e-6 relative after 4 iterations
+        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_store_then_load_round_trips_and_training_continues_in_dygraph():
+    G, D, opt_G, opt_D = setup()
+    step = faststep.FastStep("dcgan", G.args, 4, 2e-4, 0.5, 0.999)
+    step.load(G, D, opt_G, opt_D)  # a fresh optimizer: nothing to carry yet
+    step(paddle.uniform([4, 3, 16, 16], min=-1, max=1))
+    fresh = setup(seed=2)
+    step.store(*fresh)
+    first = state(*fresh)
+    step.load(*fresh)
+    step.store(*fresh)
+    for k, v in state(*fresh).items():
+        np.testing.assert_array_equal(v, first[k], err_msg=k)
+    before = state(*fresh)
+    train.train_iteration(*fresh, paddle.uniform([4, 3, 16, 16], min=-1, max=1), 100)  # the stored moments are used
+    assert not np.array_equal(state(*fresh)["G.main.0.conv.weight.moment1_0"], before["G.main.0.conv.weight.moment1_0"])
+
+
+def test_first_layer_as_a_product_equals_the_transposed_conv():
+    paddle.seed(0)
+    G = network.DCGANGenerator(size=16, width=8)
+    first = G.main[0].conv
+    z = paddle.randn([5, 100, 1, 1])
+    expected = first(z).numpy()
+    faststep.lower(G)
+    np.testing.assert_allclose(first(z).numpy(), expected, rtol=1e-5, atol=1e-6)
+    x = paddle.randn([2, 100, 3, 3])  # not a 1x1 input: the convolution itself
+    np.testing.assert_array_equal(first(x).numpy(), paddle.nn.Conv2DTranspose.forward(first, x).numpy())
+
+
+def test_a_batch_of_another_size_is_refused():
+    G, D, opt_G, opt_D = setup()
+    step = faststep.FastStep("dcgan", G.args, 4, 2e-4, 0.5, 0.999)
+    with pytest.raises(ValueError, match="batches of 4"):
+        step(paddle.uniform([3, 3, 16, 16], min=-1, max=1))
+
+
+@pytest.mark.parametrize("name, device, arch, expected", [
+    ("auto", "cpu", "dcgan", "static"),
+    ("auto", "gpu", "dcgan", "dygraph"),
+    ("dygraph", "cpu", "dcgan", "dygraph"),
+    ("static", "cpu", "dcgan", "static"),
+    ("static", "gpu", "dcgan", "--step static runs on the CPU only"),
+])
+def test_choose_step(name, device, arch, expected):
+    if expected.startswith("--"):
+        with pytest.raises(train.ConfigError, match=expected):
+            train.choose_step(name, device, arch)
+    else:
+        assert train.choose_step(name, device, arch) == expected
+
+
+def test_training_runs_on_either_step_to_the_same_weights(lfw8, tmp_path):
+    runs = {}
+    for step in ("static", "dygraph"):
+        cfg = train.TrainConfig(data=lfw8, out=str(tmp_path / step), epochs=1, batch_size=16, epoch_images=64,
+                                width=8, sample_every=100, device="cpu", step=step)
+        runs[step] = paddle.load(train.train(cfg, progress=False))
+    for net in ("G", "D"):
+        for k, v in runs["dygraph"][net].items():
+            np.testing.assert_allclose(runs["static"][net][k].numpy(), v.numpy(), rtol=1e-3, atol=1e-5, err_msg=k)
+    for opt in ("opt_G", "opt_D"):  # the same Adam state (its keys carry names numbered per process)
+        moments = [sorted(float(np.abs(v.numpy()).sum()) for k, v in runs[step][opt].items() if "moment" in k)
+                   for step in ("static", "dygraph")]
+        assert len(moments[0]) == len(moments[1]) > 0
+        np.testing.assert_allclose(moments[0], moments[1], rtol=1e-3)
