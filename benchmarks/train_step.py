@@ -1,11 +1,14 @@
 """Training-step speed of one architecture as img/s, comparable with ../shared/bench/torch_reference.py.
 
 One step is what the reference times: D updated on a real and a fake batch, then G updated
---g-steps times (1, as the reference; train.py's default is the tutorial's 2). Prints one
-JSON line with the median img/s of --repeats timings of --steps steps each.
+--g-steps times (1, as the reference; train.py's default is the tutorial's 2). It runs the
+step train.py would run (--step auto: the static oneDNN program on the CPU where the
+architecture has one). Prints one JSON line with the median img/s of --repeats timings of
+--steps steps each.
 
 Examples:
     python benchmarks/train_step.py --arch dcgan --size 64 --batch 128
+    python benchmarks/train_step.py --step dygraph     # Paddle's eager mode, for the ratio
     python benchmarks/versus_torch.py                  # this and the reference, alternately
     OMP_NUM_THREADS=1 python benchmarks/train_step.py  # the thread setup's effect
 """
@@ -22,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import runtime  # noqa: E402,F401  (before Paddle: thread and MKL settings)
 import paddle  # noqa: E402
 
+import faststep  # noqa: E402
 import network  # noqa: E402
 import train  # noqa: E402
 
@@ -37,6 +41,7 @@ class StepBenchConfig:
     warmup: int = 2        # untimed steps first
     repeats: int = 3       # timings; the median is reported
     device: str = "auto"   # auto: the GPU when paddlepaddle-gpu sees one
+    step: str = "auto"     # training step, as train.py --step: auto, static or dygraph
 
 
 def measure(cfg):
@@ -49,8 +54,16 @@ def measure(cfg):
     real = paddle.uniform([cfg.batch, 3, cfg.size, cfg.size], min=-1, max=1)
     z_dim = G.args["z_dim"]
 
+    path = train.choose_step(cfg.step, device, cfg.arch)
+    if path == "static":
+        fast = faststep.FastStep(cfg.arch, G.args, cfg.batch, 2e-4, 0.5, 0.999, d_steps=1, g_steps=cfg.g_steps)
+        fast.load(G, D, opt_G, opt_D)
+
     def step():  # train.py's own iteration; it returns floats, so the work has finished
-        train.train_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps=1, g_steps=cfg.g_steps)
+        if path == "static":
+            fast(real)
+        else:
+            train.train_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps=1, g_steps=cfg.g_steps)
 
     for _ in range(cfg.warmup):
         step()
@@ -63,7 +76,7 @@ def measure(cfg):
     return {"framework": "paddle", "mode": "train", "arch": cfg.arch, "size": cfg.size, "batch": cfg.batch,
             "g_steps": cfg.g_steps, "img_per_s": round(statistics.median(rates), 2),
             "threads": os.environ.get("OMP_NUM_THREADS"), "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE"),
-            "path": "dygraph", "device": device, "paddle": paddle.__version__}
+            "path": path, "device": device, "paddle": paddle.__version__}
 
 
 def main(argv=None):
@@ -73,10 +86,15 @@ def main(argv=None):
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
                             help=f"(default: {value})")
     cfg = StepBenchConfig(**vars(parser.parse_args(argv)))
+    if cfg.step not in ("auto", "static", "dygraph"):
+        parser.error(f"--step must be auto, static or dygraph, got {cfg.step!r}")
     for name in ("size", "batch", "width", "steps", "repeats"):
         if getattr(cfg, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    print(json.dumps(measure(cfg)))
+    try:
+        print(json.dumps(measure(cfg)))
+    except train.ConfigError as e:
+        parser.error(str(e))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ torch==2.13.0` (never a dependency of this project).
 
 Examples:
     python benchmarks/versus_torch.py                          # DCGAN-64 training, batch 128
+    python benchmarks/versus_torch.py --step dygraph           # Paddle's eager training step instead
     python benchmarks/versus_torch.py --mode generate --batch 64
 """
 import argparse
@@ -31,17 +32,19 @@ def main(argv=None):
     parser.add_argument("--mode", choices=["train", "generate"], default="train")
     parser.add_argument("--batch", type=int, default=None, help="default: 128 to train, 64 to generate")
     parser.add_argument("--rounds", type=int, default=3, help="alternations (default: 3)")
+    parser.add_argument("--step", choices=["auto", "static", "dygraph"], default="auto",
+                        help="Paddle's training step, as train.py --step (default: auto)")
     parser.add_argument("--reference", default=REFERENCE, help=f"PyTorch script (default: {REFERENCE})")
     args = parser.parse_args(argv)
     if not os.path.exists(args.reference):
         parser.error(f"no PyTorch reference at {args.reference}: pass --reference PATH")
     batch = args.batch or (128 if args.mode == "train" else 64)
     ours = os.path.join(HERE, "train_step.py" if args.mode == "train" else "generate.py")
-    steps = ["--steps", "8"] if args.mode == "train" else ["--steps", "10"]
+    steps = ["--steps", "8", "--step", args.step] if args.mode == "train" else ["--steps", "10"]
     paddle_runs, torch_runs = [], []
     for _ in range(args.rounds):
         paddle_runs.append(run([ours, "--batch", str(batch), *steps, "--repeats", "1"]))
-        torch_runs.append(run([args.reference, args.mode, "--batch", str(batch), *steps]))
+        torch_runs.append(run([args.reference, args.mode, "--batch", str(batch), *steps[:2]]))
     p = [r["img_per_s"] for r in paddle_runs]
     t = [r["img_per_s"] for r in torch_runs]
     print(json.dumps({"mode": args.mode, "batch": batch, "rounds": args.rounds,

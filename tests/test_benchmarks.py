@@ -1,6 +1,8 @@
 """benchmarks/: the scripts run and print the JSON their README promises (numbers are not judged here)."""
 import json
 
+import pytest
+
 from conftest import run_script
 
 
@@ -16,13 +18,14 @@ def test_data_benchmark_prints_one_json_line(tmp_path):
         assert line[key] > 0, key
 
 
-def test_train_step_benchmark_prints_one_json_line(tmp_path):
+@pytest.mark.parametrize("step, path", [("auto", "static"), ("dygraph", "dygraph")])
+def test_train_step_benchmark_prints_one_json_line(step, path, tmp_path):
     result = run_script("benchmarks/train_step.py", "--size", 16, "--batch", 4, "--width", 8, "--steps", 1,
-                        "--warmup", 0, "--repeats", 1, "--device", "cpu", cwd=tmp_path)
+                        "--warmup", 0, "--repeats", 1, "--device", "cpu", "--step", step, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout.strip())
     assert line["mode"] == "train" and line["batch"] == 4 and line["img_per_s"] > 0
-    assert line["path"] == "dygraph" and line["threads"] is not None
+    assert line["path"] == path and line["threads"] is not None
 
 
 def test_generate_benchmark_prints_one_json_line(tmp_path):
