@@ -132,7 +132,7 @@ def d_step(D, opt_D, real, fake):
 
 def g_step(D, opt_G, fake):
     """One G update from fakes still attached to G's graph: non-saturating BCE(D(fake), 1)."""
-    params = D.parameters()
+    params = [p for p in D.parameters() if not p.stop_gradient]  # not BatchNorm's running statistics
     for p in params:  # D's weight gradients would be thrown away: do not compute them
         p.stop_gradient = True
     try:
