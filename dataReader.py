@@ -36,13 +36,26 @@ class DatasetError(Exception):
 
 # ----------------------------------------------------------------------------- files
 
-def write_atomic(path, data):
-    """Write bytes to `path` through a temporary file and os.replace, so no half file is ever seen."""
+def write_atomic(path, data, durable=False):
+    """Write bytes to `path` through a temporary file and os.replace, so no half file is ever seen.
+
+    `durable` also flushes the file and the rename to disk (fsync), so that a machine that
+    loses power keeps either the old file or the new one: for checkpoints.
+    """
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable and hasattr(os, "O_DIRECTORY"):
+            fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -211,26 +224,35 @@ class EpochBatchSampler:
 
     An epoch shows `epoch_images` images (default: the dataset once), taken from
     consecutive shuffled passes over the data; with `flip`, each image is mirrored
-    with probability 1/2 (shown as index + n, see FaceDataset).
+    with probability 1/2 (shown as index + n, see FaceDataset). With `replicas` > 1
+    (several training processes), each step takes a global batch of batch_size x replicas
+    and process `rank` gets its slice of it. `set_epoch(e, start=k)` resumes at batch k.
     """
 
     def __init__(self, n, batch_size, epoch_images=None, shuffle=True, flip=False,
-                 drop_last=True, seed=0):
+                 drop_last=True, seed=0, rank=0, replicas=1):
         self.n, self.batch_size = n, batch_size
         self.epoch_images = epoch_images or n
         self.shuffle, self.flip, self.drop_last, self.seed = shuffle, flip, drop_last, seed
-        self.epoch = 0
+        self.rank, self.replicas = rank, replicas
+        self.epoch, self.start, self.order = 0, 0, None
 
-    def set_epoch(self, epoch):
-        """Choose which epoch's order the next iteration yields."""
-        self.epoch = epoch
+    def set_epoch(self, epoch, start=0, order=None):
+        """Choose which epoch's order the next iteration yields, from batch `start`.
+
+        `order` replaces the computed order (a resumed run passes the one its checkpoint holds).
+        """
+        self.epoch, self.start = epoch, start
+        self.order = None if order is None else np.asarray(order)
 
     def __len__(self):
-        full, rest = divmod(self.epoch_images, self.batch_size)
+        full, rest = divmod(self.epoch_images, self.batch_size * self.replicas)
         return full if self.drop_last or rest == 0 else full + 1
 
     def epoch_order(self):
-        """All indices of the current epoch, in the order they are shown."""
+        """All indices of the current epoch, in the order they are shown (by all processes together)."""
+        if self.order is not None:
+            return self.order
         rng = np.random.default_rng([self.seed, self.epoch])
         passes = -(-self.epoch_images // self.n)
         order = np.concatenate([rng.permutation(self.n) if self.shuffle else np.arange(self.n)
@@ -240,9 +262,10 @@ class EpochBatchSampler:
         return order
 
     def __iter__(self):
-        order = self.epoch_order()
-        for b in range(len(self)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+        order, step = self.epoch_order(), self.batch_size * self.replicas
+        for b in range(self.start, len(self)):
+            mine = order[b * step:(b + 1) * step][self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            yield mine.tolist()
 
 
 class BatchLoader:
@@ -281,14 +304,15 @@ class _Indices(paddle.io.Dataset):
 
 
 def make_loader(dataset, batch_size, shuffle=True, drop_last=True, flip=False,
-                epoch_images=None, seed=0, num_workers=0):
+                epoch_images=None, seed=0, num_workers=0, rank=0, replicas=1):
     """Iterable of float32 N x 3 x H x W tensor batches; call loader.batch_sampler.set_epoch(e).
 
     num_workers=0 reads in the calling thread; more use Paddle's DataLoader processes, for
     GPU training where a step is short enough for reading to matter.
     """
     sampler = EpochBatchSampler(len(dataset), batch_size, epoch_images=epoch_images,
-                                shuffle=shuffle, flip=flip, drop_last=drop_last, seed=seed)
+                                shuffle=shuffle, flip=flip, drop_last=drop_last, seed=seed,
+                                rank=rank, replicas=replicas)
     if num_workers == 0:
         return BatchLoader(dataset, sampler)
     return paddle.io.DataLoader(_Indices(2 * len(dataset)), batch_sampler=sampler,

@@ -313,7 +313,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     cfg, parser = parse_args(argv)
-    from train import CheckpointError, ConfigError, select_device
+    from checkpoint import CheckpointError
+    from train import ConfigError, select_device
     try:
         select_device(cfg.device)
         metrics = evaluate(cfg)

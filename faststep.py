@@ -19,7 +19,7 @@ the dygraph step to float tolerance (tests/test_faststep.py).
 Example:
     step = FastStep("dcgan", G.args, batch=128, lr=2e-4, beta1=0.5, beta2=0.999)
     step.load(G, D, opt_G, opt_D)
-    stats = step(real_batch)            # {'loss_D', 'D_real', 'D_fake', 'loss_G'}
+    stats = step(real_batch)            # {'loss_D', 'D_real', 'D_fake', 'loss_G', 'G_check', 'D_check'}
     step.store(G, D, opt_G, opt_D)
 """
 import types
@@ -31,6 +31,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.base.layer_helper import LayerHelper
 
+import checkpoint
 import network
 
 # Run the ops one at a time (oneDNN and MKL use the cores themselves) and in the program's
@@ -40,7 +41,6 @@ paddle.set_flags({"FLAGS_new_executor_serial_run": True, "FLAGS_new_executor_seq
 
 SUPPORTED = ("dcgan",)  # architectures whose every op has a static kernel here
 ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad and conv2d_transpose fail in these programs
-ADAM_STATES = ("moment1_0", "moment2_0", "beta1_pow_acc_0", "beta2_pow_acc_0")
 
 
 # ----------------------------------------------------------------------------- rewrites
@@ -76,13 +76,6 @@ def lower(net):
 
 def _bce(logits, target):
     return F.binary_cross_entropy_with_logits(logits, paddle.full_like(logits, target))
-
-
-def _ensure_accumulators(opt):
-    """Create a dygraph optimizer's moment tensors if it has not stepped yet, so it can take values."""
-    if not opt._accumulators:
-        trained = [p for p in opt._parameter_list if p.trainable]  # not BatchNorm's running statistics
-        opt._create_accumulators(paddle.base.framework.default_main_program().global_block(), trained)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -134,13 +127,17 @@ class FastStep:
             opt_G.minimize(loss_G, parameters=G.parameters(), no_grad_set=d_names)
             losses_G.append(loss_G)
         self.feeds = ["real"] + [z.name for z in zs]
+        # per network, the sum of its parameters' means after the updates: not finite once any parameter is not
+        sums = [paddle.add_n([p.mean() for p in net.parameters()]) for net in (G, D)]
         self.fetch = [loss_D, unary("sigmoid", logits_real).mean(), unary("sigmoid", logits_fake).mean(),
-                      paddle.stack(losses_G).mean()]
+                      paddle.stack(losses_G).mean(), *sums]
         # dygraph state_dict keys (structural, the same in both modes) -> this program's variable names
         self.names = {"G": {k: v.name for k, v in G.state_dict().items()},
                       "D": {k: v.name for k, v in D.state_dict().items()}}
-        self.trained = {key: [k for k, v in net.state_dict().items() if v.name in {p.name for p in net.parameters() if p.trainable}]
-                        for key, net in (("G", G), ("D", D))}   # keys with Adam state: not BN statistics
+        # {structural key: {Adam state name: variable name}}, for the trained parameters
+        self.adam = {key: {k: {acc: vars_[p.name].name for acc, vars_ in opt._accumulators.items()}
+                           for k, p in net.named_parameters() if p.trainable}
+                     for key, net, opt in (("G", G, opt_G), ("D", D, opt_D))}
 
     # --- state in and out
 
@@ -156,25 +153,25 @@ class FastStep:
             state, names = net.state_dict(), self.names[key]
             for k, static_name in names.items():
                 self._set(static_name, state[k].numpy())
-            opt_state = opt.state_dict()
-            for k in self.trained[key]:
-                for suffix in ADAM_STATES:
-                    if f"{state[k].name}_{suffix}" in opt_state:  # a fresh optimizer has none yet
-                        self._set(f"{names[k]}_{suffix}", opt_state[f"{state[k].name}_{suffix}"].numpy())
+            for k, entries in checkpoint.optimizer_state(opt, net).items():  # none yet for a fresh optimizer
+                for acc, value in entries.items():
+                    self._set(self.adam[key][k][acc], value)
 
     def store(self, G, D, opt_G, opt_D):
         """Copy the program's weights, statistics and Adam state back into the dygraph objects."""
         for key, net, opt in (("G", G, opt_G), ("D", D, opt_D)):
-            names, state = self.names[key], net.state_dict()
-            net.set_state_dict({k: self._get(static_name) for k, static_name in names.items()})
-            _ensure_accumulators(opt)
-            opt.set_state_dict({f"{state[k].name}_{suffix}": self._get(f"{names[k]}_{suffix}")
-                                for k in self.trained[key] for suffix in ADAM_STATES})
+            net.set_state_dict({k: self._get(static_name) for k, static_name in self.names[key].items()})
+            checkpoint.set_optimizer_state(opt, net, {k: {acc: self._get(name) for acc, name in entries.items()}
+                                                      for k, entries in self.adam[key].items()})
 
     # --- one iteration
 
     def __call__(self, real):
-        """One iteration on the batch `real` (N x 3 x S x S in [-1, 1]); returns the numbers train_iteration does."""
+        """One iteration on the batch `real` (N x 3 x S x S in [-1, 1]).
+
+        Returns the numbers train_iteration does, and G_check, D_check: the sum of each network's
+        parameter means after the updates, finite while every parameter is (train.py checks it).
+        """
         real = real.numpy() if isinstance(real, paddle.Tensor) else np.asarray(real)
         if real.shape[0] != self.batch:
             raise ValueError(f"this step was built for batches of {self.batch}, got {real.shape[0]}")
@@ -182,4 +179,4 @@ class FastStep:
         zs = [paddle.randn([self.batch, self.z_dim]).numpy() for _ in range(self.d_steps + self.g_steps - 1)]
         with paddle.pir_utils.OldIrGuard(), paddle.static.scope_guard(self.scope):
             out = self.executor.run(self.program, feed=dict(zip(self.feeds, [real] + zs)), fetch_list=self.fetch)
-        return dict(zip(("loss_D", "D_real", "D_fake", "loss_G"), (float(v) for v in out)))
+        return dict(zip(("loss_D", "D_real", "D_fake", "loss_G", "G_check", "D_check"), (float(v) for v in out)))

@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dataReader import grid_scale, make_grid, to_uint8, write_json, write_png
-from train import CheckpointError, ConfigError, load_checkpoint, sample, select_device
+from checkpoint import READABLE, CheckpointError, load as load_checkpoint
+from train import ConfigError, sample, select_device
 
 import paddle  # noqa: E402  (after dataReader, which prepares Paddle's threads)
 import network  # noqa: E402
@@ -48,7 +49,7 @@ class GenerateConfig:
 EXPORT_DIR = "generator_export"   # beside the checkpoint
 def load_generator(path):
     """(G in inference mode, checkpoint dict) rebuilt from the checkpoint at `path` alone."""
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, formats=READABLE)
     try:
         G = network.build_generator(state["arch"], state["arch_args"])
     except (KeyError, TypeError, ValueError) as e:

@@ -1,4 +1,4 @@
-"""Train the DCGAN of the tutorial on a dataset written by pretreat.py.
+"""Train the DCGAN of the tutorial on a dataset written by pretreat.py; stop and continue at will.
 
 One iteration = one real batch: D is updated on real and fake together (--d-steps times),
 then G is updated --g-steps times (the tutorial's 1:2). Writes to --out:
@@ -6,9 +6,16 @@ then G is updated --g-steps times (the tutorial's 1:2). Writes to --out:
                                          and at each epoch end
     loss.png, log.jsonl                  losses over iterations (one JSON record per line)
     swd.png                              with --eval-every: SWD to the data over iterations
-    checkpoint.pdparams                  G, D, optimizers, progress, fixed noise, config and
-                                         the architecture's arguments, written atomically
+    checkpoint.pdparams                  everything needed to continue (see checkpoint.py),
+                                         written atomically every --save-every iterations and
                                          at each epoch end (generator.py reads it)
+    checkpoint-IIIIIII.pdparams          with --keep N: the N newest numbered snapshots
+
+Run it again with the same --out and it continues where the checkpoint stopped, with the same
+data order and random streams (--resume never starts over). Ctrl-C or SIGTERM finishes the
+iteration, saves and exits. A loss or weight that is no longer finite stops the run, keeping
+the last good checkpoint. Several processes: python -m paddle.distributed.launch
+--nproc_per_node N train.py ... (--batch-size is per process; rank 0 writes the files).
 
 Defaults are the tutorial's (batch 128, one pass over the data per epoch, width 64) except on
 the 100 built-in LFW faces, where batch 64, 6,400 images per epoch, width 32 and mirroring
@@ -19,14 +26,21 @@ for Paddle's eager mode).
 Examples:
     python train.py --epochs 8                      # the tutorial's run (or the LFW demo)
     python train.py --data data/celeba64 --out runs/celeba --epochs 8 --batch-size 128
+    python train.py --epochs 12                     # later: the same run, 4 epochs more
+    python train.py --epochs 8 --resume never --keep 3   # start over, keeping 3 snapshots
     python train.py --epochs 1 --sample-every 50 --device cpu
     python train.py --epochs 8 --eval-every 100          # SWD to the data in log.jsonl and swd.png
+    python -m paddle.distributed.launch --nproc_per_node 2 train.py --epochs 8
 """
 import argparse
+import contextlib
 import io
 import json
 import os
+import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -38,12 +52,11 @@ from dataReader import DatasetError, FaceDataset, grid_scale, make_grid, make_lo
 import paddle  # noqa: E402  (after dataReader, which prepares Paddle's threads)
 import paddle.nn.functional as F  # noqa: E402
 
+import checkpoint  # noqa: E402
 import evaluate  # noqa: E402  (its metrics only; it imports generator and train lazily)
 import faststep  # noqa: E402
 import network  # noqa: E402
 
-CHECKPOINT_FILE = "checkpoint.pdparams"
-CHECKPOINT_FORMAT = "paddle-fakeface-checkpoint/1"
 SAMPLE_COUNT = 64  # fixed-noise faces per sample grid
 EVAL_COUNT = 1000  # images per set for --eval-every's SWD (at most half the dataset)
 
@@ -72,6 +85,9 @@ class TrainConfig:
     log_every: int = 10             # iterations per log record
     num_workers: int = 0            # loader processes; 0 reads in the training thread (fast enough on a CPU)
     step: str = "auto"              # training step: auto (static on the CPU where it exists), static, dygraph
+    save_every: int = 500           # iterations between checkpoints (also at each epoch end); 0: epoch ends only
+    keep: int = 0                   # numbered snapshots kept besides checkpoint.pdparams
+    resume: str = "auto"            # auto: continue --out's checkpoint if there is one; never; or a checkpoint path
 
 
 # Where the dataset is the 100 embedded faces: small enough to train in minutes on a CPU.
@@ -105,10 +121,12 @@ def select_device(name):
 
 # ----------------------------------------------------------------------------- steps
 
-def choose_step(name, device, arch):
+def choose_step(name, device, arch, processes=1):
     """The training step ('static' or 'dygraph') that --step `name` means on `device` for `arch`."""
     if name == "auto":
-        return "static" if device == "cpu" and arch in faststep.SUPPORTED else "dygraph"
+        return "static" if device == "cpu" and arch in faststep.SUPPORTED and processes == 1 else "dygraph"
+    if name == "static" and processes > 1:
+        raise ConfigError("--step static runs in one process; several processes train with --step dygraph (or auto)")
     if name == "static" and device != "cpu":
         raise ConfigError("--step static runs on the CPU only; on a GPU use --step dygraph (or auto)")
     if name == "static" and arch not in faststep.SUPPORTED:
@@ -116,21 +134,26 @@ def choose_step(name, device, arch):
     return name
 
 
-def d_step(D, opt_D, real, fake):
-    """One D update on a real batch and a fake one (not differentiated into G); returns numbers."""
+def d_step(D, opt_D, real, fake, reduce=None):
+    """One D update on a real batch and a fake one (not differentiated into G); returns numbers.
+
+    `reduce(opt)`, when given, averages the gradients of opt's parameters over processes.
+    """
     # Real and fake go through D separately, so its BatchNorm sees all-real and all-fake batches.
     logits_real, logits_fake = D(real), D(fake.detach())
     loss_D = (F.binary_cross_entropy_with_logits(logits_real, paddle.ones_like(logits_real))
               + F.binary_cross_entropy_with_logits(logits_fake, paddle.zeros_like(logits_fake)))
     opt_D.clear_grad()
     loss_D.backward()
+    if reduce:
+        reduce(opt_D)
     opt_D.step()
     return {"loss_D": float(loss_D),
             "D_real": float(F.sigmoid(logits_real).mean()),
             "D_fake": float(F.sigmoid(logits_fake).mean())}
 
 
-def g_step(D, opt_G, fake):
+def g_step(D, opt_G, fake, reduce=None):
     """One G update from fakes still attached to G's graph: non-saturating BCE(D(fake), 1)."""
     params = [p for p in D.parameters() if not p.stop_gradient]  # not BatchNorm's running statistics
     for p in params:  # D's weight gradients would be thrown away: do not compute them
@@ -140,6 +163,8 @@ def g_step(D, opt_G, fake):
         loss_G = F.binary_cross_entropy_with_logits(logits, paddle.ones_like(logits))
         opt_G.clear_grad()
         loss_G.backward()
+        if reduce:
+            reduce(opt_G)
         opt_G.step()
     finally:
         for p in params:
@@ -147,7 +172,7 @@ def g_step(D, opt_G, fake):
     return float(loss_G)
 
 
-def train_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps=1, g_steps=2):
+def train_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps=1, g_steps=2, reduce=None):
     """d_steps D updates, then g_steps G updates; returns loss_D, D_real, D_fake, loss_G.
 
     The first G update reuses the fakes of the first D update, graph and all, as the
@@ -156,12 +181,13 @@ def train_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps=1, g_steps=2):
     """
     n = real.shape[0]
     fake = G(paddle.randn([n, z_dim]))
-    stats = d_step(D, opt_D, real, fake)
+    stats = d_step(D, opt_D, real, fake, reduce)
     for _ in range(d_steps - 1):
         with paddle.no_grad():
             more = G(paddle.randn([n, z_dim]))
-        stats = d_step(D, opt_D, real, more)
-    losses = [g_step(D, opt_G, fake)] + [g_step(D, opt_G, G(paddle.randn([n, z_dim]))) for _ in range(g_steps - 1)]
+        stats = d_step(D, opt_D, real, more, reduce)
+    losses = [g_step(D, opt_G, fake, reduce)] + [g_step(D, opt_G, G(paddle.randn([n, z_dim])), reduce)
+                                                 for _ in range(g_steps - 1)]
     return dict(stats, loss_G=float(np.mean(losses)))
 
 
@@ -178,29 +204,153 @@ def sample(G, z):
 
 # ----------------------------------------------------------------------------- files
 
-def save_checkpoint(path, state):
-    """paddle.save `state`, then write it atomically: a crash leaves the old checkpoint intact."""
-    buf = io.BytesIO()
-    paddle.save(state, buf)
-    write_atomic(path, buf.getvalue())
+def snapshot_name(iteration):
+    """File name of the numbered snapshot that --keep keeps beside checkpoint.pdparams."""
+    return f"checkpoint-{iteration:07d}.pdparams"
 
 
-class CheckpointError(Exception):
-    """A checkpoint that is missing or not one of ours; the message says what to do."""
+def prune_snapshots(folder, keep):
+    """Delete all but the `keep` newest numbered snapshots in `folder`."""
+    snaps = sorted(f for f in os.listdir(folder) if re.fullmatch(r"checkpoint-\d{7}\.pdparams", f))
+    for name in snaps[:max(0, len(snaps) - keep)]:
+        os.remove(os.path.join(folder, name))
 
 
-def load_checkpoint(path):
-    """The checkpoint dict at `path`; raises CheckpointError for a missing or foreign file."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint at {path}: run `python train.py` first, or pass --checkpoint")
-    try:
-        state = paddle.load(path)
-    except Exception as e:  # paddle.load raises many types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}): "
-                              "it is truncated or not a paddle-fakeface checkpoint")
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a paddle-fakeface checkpoint")
-    return state
+# Settings that shape the trajectory of a run: a resumed run keeps the checkpoint's values.
+TRAJECTORY = ("arch", "size", "batch_size", "epoch_images", "width", "z_dim", "lr", "beta1", "beta2",
+              "d_steps", "g_steps", "flip", "seed")
+
+
+def resume_config(cfg, state, explicit, path):
+    """`cfg` continuing the run of checkpoint `state`: its trajectory settings, this run's others.
+
+    A setting given on the command line (in `explicit`; None means all) that differs from the
+    checkpoint's raises ConfigError: the run could not continue the same way.
+    """
+    old = state["config"]
+    for name in TRAJECTORY:
+        given = getattr(cfg, name)
+        if (explicit is None or name in explicit) and given is not None and given != old[name]:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{path} was trained with {flag} {old[name]}, not {given}: resume with the same "
+                              f"setting, or start a new run with --out elsewhere (or --resume never)")
+    return replace(cfg, **{name: old[name] for name in TRAJECTORY})
+
+
+def check_compatible(state, arch, arch_args, dataset, path):
+    """ConfigError unless checkpoint `state` holds networks like these, trained on this dataset."""
+    if state["arch"] != arch or state["arch_args"] != arch_args:
+        have = ", ".join(f"{k} {v}" for k, v in state["arch_args"].items())
+        want = ", ".join(f"{k} {v}" for k, v in arch_args.items())
+        raise ConfigError(f"{path} holds a {state['arch']} network ({have}), not the {arch} ({want}) this run "
+                          "asks for: use another --out, or --resume never to start over here")
+    fingerprint = {k: dataset.manifest[k] for k in ("source", "count", "size")}
+    if state["dataset"] != fingerprint:
+        raise ConfigError(f"{path} was trained on {state['dataset']['source']} ({state['dataset']['count']} images), "
+                          f"not {fingerprint['source']} ({fingerprint['count']}): pass its --data, or use another --out")
+
+
+def read_history(log_path, iteration):
+    """The records of log.jsonl up to `iteration`, the point a resumed run continues from."""
+    if not os.path.exists(log_path):
+        return []
+    with open(log_path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if r["iteration"] <= iteration]
+
+
+class Diverged(Exception):
+    """Training produced a non-finite loss or weight; the message says where and what is kept."""
+
+
+def weight_checks(*nets):
+    """Per net, the sum of its parameters' means: not finite as soon as one parameter is not."""
+    return [float(paddle.add_n([p.mean() for p in net.parameters()])) for net in nets]
+
+
+def divergence(stats, checks):
+    """A sentence naming the network that diverged and what became non-finite, or None when all is finite.
+
+    Within an iteration D is updated first: a bad loss_D or D weight means D went first (G's
+    update then reads D's bad weights); otherwise it was G.
+    """
+    bad = [k for k in ("loss_D", "loss_G") if not np.isfinite(stats[k])]
+    bad += [f"{name}'s weights" for name, v in zip("DG", checks[::-1]) if not np.isfinite(v)]
+    if not bad:
+        return None
+    which = "D" if "loss_D" in bad or "D's weights" in bad else "G"
+    return f"{which} diverged: {', '.join(bad)} became non-finite"
+
+
+class StopRequest:
+    """SIGINT / SIGTERM handlers that ask the loop to stop after the current iteration.
+
+    A second Ctrl-C stops at once, without saving (the last checkpoint stays as it was).
+    """
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\n{self.signal}: stopping after this iteration and saving (Ctrl-C again: stop without saving)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class Processes:
+    """This process's place among those paddle.distributed.launch started (one when run directly)."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
+        self.rank = 0
+        if self.world > 1:
+            import paddle.distributed as dist
+            dist.init_parallel_env()
+            self.rank, self.dist = dist.get_rank(), dist
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def wrap(self, net):
+        """paddle.DataParallel(net) with several processes (it starts them from rank 0's weights)."""
+        return paddle.DataParallel(net) if self.world > 1 else net
+
+    def reduce(self, opt):
+        """Average the gradients of opt's parameters over the processes."""
+        with paddle.no_grad():
+            for p in opt._parameter_list:
+                if p.grad is not None:
+                    self.dist.all_reduce(p.grad)
+                    p.grad.scale_(1.0 / self.world)
+
+    def any(self, *flags):
+        """For each flag, whether any process raised it (every process gets the same answer)."""
+        if self.world == 1:
+            return [bool(f) for f in flags]
+        t = paddle.to_tensor([float(bool(f)) for f in flags])
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return [bool(v) for v in t.numpy()]
+
+    def share_state(self, *nets):
+        """Give every process rank 0's weights and BatchNorm statistics (each tracked its own batches)."""
+        if self.world > 1:
+            for net in nets:
+                for value in net.state_dict().values():
+                    self.dist.broadcast(value, src=0)
 
 
 def plot_curves(history, keys, ylabel, path):
@@ -224,119 +374,218 @@ def plot_curves(history, keys, ylabel, path):
 
 # ----------------------------------------------------------------------------- loop
 
-def train(cfg, progress=True):
-    """Run the training that `cfg` describes; returns the path of the final checkpoint."""
-    # --- data
+def train(cfg, progress=True, explicit=None):
+    """Run (or continue) the training that `cfg` describes; returns the path of the last checkpoint.
+
+    `explicit` names the settings the user gave (None: all of them); on resume the others
+    come from the checkpoint. Raises ConfigError, DatasetError, CheckpointError for bad input
+    (before anything is written) and Diverged when the losses or weights stop being finite.
+    """
+    procs = Processes()
     dataset = FaceDataset(cfg.data, size=cfg.size)
+    checkpoint_path = os.path.join(cfg.out, checkpoint.FILE)
+    resume_from = {"auto": checkpoint_path if os.path.exists(checkpoint_path) else None,
+                   "never": None}.get(cfg.resume, cfg.resume)
+    state = None
+    if resume_from:
+        state = checkpoint.load(resume_from)
+        cfg = resume_config(cfg, state, explicit, resume_from)
+        if cfg.arch not in network.ARCHITECTURES:
+            raise ConfigError(f"{resume_from} holds a {cfg.arch!r} network, which this version cannot build: "
+                              "use another --out, or --resume never to start over here")
     cfg = resolve_defaults(cfg, dataset.manifest)
+    if cfg.size is None:
+        cfg = replace(cfg, size=dataset.size)
     device = select_device(cfg.device)
-    loader = make_loader(dataset, cfg.batch_size, flip=cfg.flip, epoch_images=cfg.epoch_images,
-                         seed=cfg.seed, num_workers=cfg.num_workers)
-    if len(loader.batch_sampler) == 0:
-        raise ConfigError(f"an epoch of {cfg.epoch_images} images holds no batch of {cfg.batch_size}: "
+    if cfg.batch_size * procs.world > len(dataset):
+        raise ConfigError(f"--batch-size {cfg.batch_size}{f' x {procs.world} processes' if procs.world > 1 else ''} "
+                          f"is more than the {len(dataset)} images of {cfg.data}: lower it")
+    loader = make_loader(dataset, cfg.batch_size, flip=cfg.flip, epoch_images=cfg.epoch_images, seed=cfg.seed,
+                         num_workers=cfg.num_workers, rank=procs.rank, replicas=procs.world)
+    per_epoch = len(loader.batch_sampler)
+    if per_epoch == 0:
+        raise ConfigError(f"an epoch of {cfg.epoch_images} images holds no batch of {cfg.batch_size * procs.world}: "
                          "lower --batch-size or raise --epoch-images")
 
-    # --- networks, optimizers, fixed noise
+    # --- networks, optimizers, fixed noise (all replaced by the checkpoint's when resuming)
     paddle.seed(cfg.seed)
     G, D = network.build(cfg.arch, size=dataset.size, z_dim=cfg.z_dim, width=cfg.width)
     opt_G = paddle.optimizer.Adam(learning_rate=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, parameters=G.parameters())
     opt_D = paddle.optimizer.Adam(learning_rate=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, parameters=D.parameters())
     fixed_z = np.random.default_rng(cfg.seed).standard_normal((SAMPLE_COUNT, cfg.z_dim)).astype(np.float32)
-    path = choose_step(cfg.step, device, cfg.arch)
+    epoch, batch, iteration, images_seen = 1, 0, 0, 0
+    if state is not None:
+        check_compatible(state, cfg.arch, G.args, dataset, resume_from)
+        G.set_state_dict(state["G"])
+        D.set_state_dict(state["D"])
+        checkpoint.set_optimizer_state(opt_G, G, state["opt_G"])
+        checkpoint.set_optimizer_state(opt_D, D, state["opt_D"])
+        fixed_z = state["fixed_z"]
+        epoch, batch, iteration, images_seen = state["epoch"], state["batch"], state["iteration"], state["images_seen"]
+    if batch == per_epoch:
+        epoch, batch = epoch + 1, 0
+    if epoch > cfg.epochs:
+        print(f"{resume_from} has finished {epoch - 1} epochs (iteration {iteration}); "
+              f"ask for more with --epochs N", file=sys.stderr)
+        return resume_from
+    path = choose_step(cfg.step, device, cfg.arch, procs.world)
     fast = None
     if path == "static":  # it holds the training state while it runs; sync() brings the dygraph objects up to date
         fast = faststep.FastStep(cfg.arch, G.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2, cfg.d_steps, cfg.g_steps)
         fast.load(G, D, opt_G, opt_D)
-    synced = [0]
+    G_run, D_run = procs.wrap(G), procs.wrap(D)
+    if state is not None:  # last: building networks and the static program draws random numbers
+        checkpoint.set_rng_state(state["rng"])
+    synced = [iteration]
+    synced_checkpoint = [iteration if state is not None else None]  # iteration of the last checkpoint written
 
     def sync():
         if fast is not None and synced[0] != iteration:
             fast.store(G, D, opt_G, opt_D)
             synced[0] = iteration
 
-    # --- output
+    # --- output (rank 0 writes; a resumed run keeps the log up to its checkpoint)
     samples_dir = os.path.join(cfg.out, "samples")
-    os.makedirs(samples_dir, exist_ok=True)
     log_path = os.path.join(cfg.out, "log.jsonl")
-    open(log_path, "w").close()  # a new run starts a new log
-    checkpoint_path = os.path.join(cfg.out, CHECKPOINT_FILE)
-    print(f"training {cfg.arch} {dataset.size}x{dataset.size} on {len(dataset)} images from "
-          f"{dataset.manifest['source']} ({device}, {path} step); batch {cfg.batch_size}, {len(loader)} iterations "
-          f"per epoch, width {cfg.width}, G {network.count_parameters(G):,} and D "
-          f"{network.count_parameters(D):,} parameters", file=sys.stderr)
+    records = read_history(log_path, iteration) if state is not None else []
+    if procs.main:
+        os.makedirs(samples_dir, exist_ok=True)
+        checkpoint.remove_stale_temporaries(cfg.out)
+        write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in records).encode())
+        what = f"resuming {resume_from} at epoch {epoch}, iteration {iteration}" if state is not None else "training"
+        print(f"{what}: {cfg.arch} {dataset.size}x{dataset.size} on {len(dataset)} images from "
+              f"{dataset.manifest['source']} ({device}, {path} step"
+              f"{f', {procs.world} processes' if procs.world > 1 else ''}); batch {cfg.batch_size}, "
+              f"{per_epoch} iterations per epoch, width {cfg.width}, G {network.count_parameters(G):,} and D "
+              f"{network.count_parameters(D):,} parameters", file=sys.stderr)
+    history = [r for r in records if "loss_D" in r]
+    eval_history = [r for r in records if "swd_x1e3" in r]
 
-    eval_history = []
+    def append_log(record):
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
     if cfg.eval_every:  # a fixed real sample and fixed noise, so SWD values compare across iterations
         n_eval = min(EVAL_COUNT, len(dataset) // 2)
         eval_real = dataset.get_uint8(np.sort(np.random.default_rng(cfg.seed).permutation(len(dataset))[:n_eval]))
         eval_z = np.random.default_rng([cfg.seed, 1]).standard_normal((n_eval, cfg.z_dim)).astype(np.float32)
 
-    def measure(epoch, iteration, images_seen):
+    def measure():
         sync()
         per_size, mean = evaluate.swd(sample(G, eval_z), eval_real, seed=cfg.seed)
         record = {"epoch": epoch, "iteration": iteration, "images": images_seen,
                   "swd_x1e3": round(mean, 3), "swd_x1e3_per_size": {s: round(v, 3) for s, v in per_size.items()}}
         eval_history.append(record)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_log(record)
         plot_curves(eval_history, {"swd_x1e3": "SWD x 1e3 (mean over sizes)"}, "SWD x 1e3, lower is better",
                     os.path.join(cfg.out, "swd.png"))
 
-    def save_samples(epoch, iteration):
+    def save_samples():
         sync()
         name = os.path.join(samples_dir, f"epoch_{epoch:04d}_iter_{iteration:06d}.png")
         write_png(name, make_grid(sample(G, fixed_z)), scale=grid_scale(dataset.size))
 
-    # --- loop
-    iteration, images_seen, history = 0, 0, []
-    interval, t_interval = [], time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        loader.batch_sampler.set_epoch(epoch - 1)
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="it", disable=not progress, leave=False)
-        for real in bar:
-            if fast is not None:
-                stats = fast(real)
-            else:
-                stats = train_iteration(G, D, opt_G, opt_D, real, cfg.z_dim, cfg.d_steps, cfg.g_steps)
-            iteration += 1
-            images_seen += real.shape[0]
-            interval.append(stats)
-
-            if iteration % cfg.log_every == 0:
-                elapsed = time.perf_counter() - t_interval
-                record = {"epoch": epoch, "iteration": iteration, "images": images_seen,
-                          **{k: round(float(np.mean([s[k] for s in interval])), 5) for k in interval[0]},
-                          "img_per_s": round(len(interval) * cfg.batch_size / elapsed, 2)}
-                history.append(record)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                bar.set_postfix(iter=iteration, loss_D=f"{record['loss_D']:.3f}",
-                                loss_G=f"{record['loss_G']:.3f}", img_s=f"{record['img_per_s']:.0f}")
-                interval, t_interval = [], time.perf_counter()
-            if iteration % cfg.sample_every == 0:
-                save_samples(epoch, iteration)
-            if cfg.eval_every and iteration % cfg.eval_every == 0:
-                measure(epoch, iteration, images_seen)
-
-        # --- end of epoch: samples, plot, checkpoint
-        if iteration % cfg.sample_every:
-            save_samples(epoch, iteration)
-        if history:
-            plot_curves(history, {"loss_D": "D", "loss_G": "G"}, "BCE loss", os.path.join(cfg.out, "loss.png"))
+    def save():
+        """The whole training state, atomically, to checkpoint.pdparams (and a numbered snapshot with --keep)."""
         sync()
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT,
+        procs.share_state(G, D)
+        if not procs.main:
+            return
+        state = {
+            "format": checkpoint.FORMAT, "version": checkpoint.__version__,
             "arch": cfg.arch, "arch_args": G.args,
             "G": G.state_dict(), "D": D.state_dict(),
-            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-            "epoch": epoch, "iteration": iteration, "images_seen": images_seen,
+            "opt_G": checkpoint.optimizer_state(opt_G, G), "opt_D": checkpoint.optimizer_state(opt_D, D),
+            "rng": checkpoint.rng_state(),
+            "epoch": epoch, "batch": batch, "iteration": iteration, "images_seen": images_seen,
+            "order": loader.batch_sampler.epoch_order(),
+            "method": {},  # DCGAN has no schedule or balancing state
             "fixed_z": fixed_z, "config": asdict(cfg),
             "dataset": {k: dataset.manifest[k] for k in ("source", "count", "size")},
-        })
-        last = history[-1] if history else {}
-        print(f"epoch {epoch}/{cfg.epochs}: iteration {iteration}, loss_D {last.get('loss_D', float('nan')):.3f}, "
-              f"loss_G {last.get('loss_G', float('nan')):.3f}, D(real) {last.get('D_real', float('nan')):.2f}, "
-              f"D(fake) {last.get('D_fake', float('nan')):.2f}, {last.get('img_per_s', 0):.0f} img/s", file=sys.stderr)
+        }
+        checkpoint.save(checkpoint_path, state)
+        if cfg.keep:
+            checkpoint.save(os.path.join(cfg.out, snapshot_name(iteration)), state)
+            prune_snapshots(cfg.out, cfg.keep)
+
+    def run(real):
+        if fast is not None:
+            stats = fast(real)
+            return stats, [stats.pop("G_check"), stats.pop("D_check")]
+        if procs.world > 1:  # each process its own noise, a function of (seed, rank, iteration): resumable
+            paddle.seed(int(np.random.SeedSequence([cfg.seed, procs.rank, iteration]).generate_state(1)[0]))
+        stats = train_iteration(G_run, D_run, opt_G, opt_D, real, cfg.z_dim, cfg.d_steps, cfg.g_steps,
+                                reduce=procs.reduce if procs.world > 1 else None)
+        return stats, weight_checks(G, D)
+
+    # --- loop
+    interval, t_interval = [], time.perf_counter()
+    stop_hint = "resume with the same command (it continues from " + checkpoint_path + ")"
+    with StopRequest() as stop, contextlib.ExitStack() as no_sync:
+        if procs.world > 1:  # gradients are averaged by `reduce` after each backward, not by DataParallel's hooks
+            no_sync.enter_context(G_run.no_sync())
+            no_sync.enter_context(D_run.no_sync())
+        for epoch in range(epoch, cfg.epochs + 1):
+            order = state["order"] if state is not None and epoch == state["epoch"] and batch else None
+            loader.batch_sampler.set_epoch(epoch - 1, start=batch, order=order)
+            bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="it", initial=batch, total=per_epoch,
+                       disable=not (progress and procs.main), leave=False)
+            for real in bar:
+                stats, sums = run(real)
+                problem = divergence(stats, sums)
+                stopping, diverged = procs.any(stop.signal, problem)
+                if diverged:
+                    last = f"{checkpoint_path} (iteration {synced_checkpoint[0]})" if synced_checkpoint[0] is not None \
+                        else "no checkpoint (none was saved yet)"
+                    raise Diverged(f"training stopped at iteration {iteration + 1}, epoch {epoch}: "
+                                   f"{problem or 'another process diverged'}. Kept: {last}. "
+                                   "Try a lower --lr, or resume from the checkpoint")
+                iteration += 1
+                batch += 1
+                images_seen += real.shape[0] * procs.world
+                interval.append(stats)
+
+                if procs.main and iteration % cfg.log_every == 0:
+                    elapsed = time.perf_counter() - t_interval
+                    record = {"epoch": epoch, "iteration": iteration, "images": images_seen,
+                              **{k: round(float(np.mean([s[k] for s in interval])), 5) for k in interval[0]},
+                              "img_per_s": round(len(interval) * cfg.batch_size * procs.world / elapsed, 2)}
+                    history.append(record)
+                    append_log(record)
+                    bar.set_postfix(iter=iteration, loss_D=f"{record['loss_D']:.3f}",
+                                    loss_G=f"{record['loss_G']:.3f}", img_s=f"{record['img_per_s']:.0f}")
+                    interval, t_interval = [], time.perf_counter()
+                if procs.main and iteration % cfg.sample_every == 0:
+                    save_samples()
+                if procs.main and cfg.eval_every and iteration % cfg.eval_every == 0:
+                    measure()
+                if stopping:
+                    save()
+                    if procs.main:
+                        print(f"{stop.signal or 'stop'} at iteration {iteration} (epoch {epoch}, batch {batch}/"
+                              f"{per_epoch}): saved; {stop_hint}", file=sys.stderr)
+                    return checkpoint_path
+                if cfg.save_every and iteration % cfg.save_every == 0 and batch < per_epoch:
+                    save()
+                    synced_checkpoint[0] = iteration
+
+            # --- end of epoch: samples, plot, checkpoint
+            if procs.main and iteration % cfg.sample_every:
+                save_samples()
+            if procs.main and history:
+                plot_curves(history, {"loss_D": "D", "loss_G": "G"}, "BCE loss", os.path.join(cfg.out, "loss.png"))
+            save()
+            synced_checkpoint[0] = iteration
+            batch = 0
+            if procs.main:
+                last = history[-1] if history else None
+                numbers = (f"loss_D {last['loss_D']:.3f}, loss_G {last['loss_G']:.3f}, D(real) {last['D_real']:.2f}, "
+                           f"D(fake) {last['D_fake']:.2f}, {last['img_per_s']:.0f} img/s" if last
+                           else f"no log record yet (one every {cfg.log_every} iterations)")
+                print(f"epoch {epoch}/{cfg.epochs}: iteration {iteration}, {numbers}", file=sys.stderr)
+    if procs.main:
+        print(f"done: checkpoint {checkpoint_path}, samples in {samples_dir}; "
+              f"next: python generator.py --checkpoint {checkpoint_path}")
     return checkpoint_path
 
 
@@ -348,7 +597,7 @@ HELP = {
     "arch": "network family",
     "size": "image side, a power of two (default: the dataset's; smaller sizes average pixel blocks)",
     "epochs": "passes of --epoch-images images",
-    "batch_size": "images per batch (default: 128; 64 on the LFW faces)",
+    "batch_size": "images per batch and process (default: 128; 64 on the LFW faces)",
     "epoch_images": "images per epoch (default: the dataset once; 6400 on the LFW faces)",
     "width": "channels next to the image in G and D, ngf = ndf (default: 64; 32 on the LFW faces)",
     "z_dim": "latent size",
@@ -367,13 +616,19 @@ HELP = {
     "num_workers": "loader processes (0: read in the training thread; more can help a GPU)",
     "step": "static: the iteration as one static program with oneDNN convolutions, about 1.4x dygraph on a "
             "CPU, same maths; dygraph: Paddle's eager mode; auto: static on the CPU where the architecture has it",
+    "save_every": "iterations between checkpoints, so a crash loses at most this many (one is also written at "
+                  "each epoch end; 0: epoch ends only)",
+    "keep": "numbered snapshots (checkpoint-IIIIIII.pdparams) kept besides checkpoint.pdparams, newest first",
+    "resume": "auto: continue the run in --out if it has a checkpoint; never: start over (overwriting it); "
+              "or the path of a checkpoint to continue from",
 }
 
 
 def parse_args(argv=None):
     """TrainConfig from the command line; bad values are refused with one line and exit 2."""
     cfg = TrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # exact flags: a resumed run must know which were given
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(cfg, f.name)
@@ -390,8 +645,9 @@ def parse_args(argv=None):
             kind = {"size": int, "batch_size": int, "epoch_images": int, "width": int}.get(f.name, type(default))
             parser.add_argument(flag, type=kind, default=default, help=HELP[f.name] + shown)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
-    if cfg.eval_every < 0:
-        parser.error(f"--eval-every must be 0 (never) or more, got {cfg.eval_every}")
+    for name in ("eval_every", "save_every", "keep", "num_workers"):
+        if getattr(cfg, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
     for name in ("epochs", "batch_size", "epoch_images", "width", "z_dim", "d_steps", "g_steps",
                  "sample_every", "log_every"):
         value = getattr(cfg, name)
@@ -408,19 +664,39 @@ def parse_args(argv=None):
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             parser.error(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
-    if cfg.num_workers < 0:
-        parser.error(f"--num-workers must be 0 or more, got {cfg.num_workers}")
-    return cfg, parser
+    if cfg.resume not in ("auto", "never") and not os.path.isfile(cfg.resume):
+        parser.error(f"--resume {cfg.resume}: no such checkpoint file (or use auto / never)")
+    problem = unwritable(cfg.out)
+    if problem:
+        parser.error(f"--out {cfg.out}: {problem}; choose a folder you can write to")
+    given = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    explicit = {a.dest for a in parser._actions for opt in a.option_strings
+                for g in given if g == opt or g.startswith(opt + "=")}
+    return cfg, parser, explicit
+
+
+def unwritable(folder, access=os.access):
+    """Why `folder` cannot be written to (without creating it), or None when it can."""
+    path = os.path.abspath(folder)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return "it is a file, not a folder"
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"{path} is a file, not a folder"
+    if not access(path, os.W_OK | os.X_OK):
+        return f"no permission to write in {path}"
+    return None
 
 
 def main(argv=None):
-    cfg, parser = parse_args(argv)
+    cfg, parser, explicit = parse_args(argv)
     try:
-        path = train(cfg)
-    except (DatasetError, ConfigError) as e:
+        train(cfg, explicit=explicit)
+    except (DatasetError, ConfigError, checkpoint.CheckpointError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    print(f"done: checkpoint {path}, samples in {os.path.join(cfg.out, 'samples')}; "
-          f"next: python generator.py --checkpoint {path}")
+    except Diverged as e:
+        parser.exit(1, f"{parser.prog}: {e}\n")
 
 
 if __name__ == "__main__":

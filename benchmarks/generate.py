@@ -27,6 +27,7 @@ import paddle  # noqa: E402
 
 import generator  # noqa: E402
 import network  # noqa: E402
+from checkpoint import FORMAT, save as save_checkpoint  # noqa: E402
 import train  # noqa: E402
 
 
@@ -53,8 +54,7 @@ def measure(cfg):
         forward, path = (lambda v: train.sample(G, v)), "dygraph"
         if cfg.engine == "inference":
             checkpoint = os.path.join(tmp, "checkpoint.pdparams")
-            train.save_checkpoint(checkpoint, {"format": train.CHECKPOINT_FORMAT, "arch": "dcgan",
-                                               "arch_args": G.args, "G": G.state_dict()})
+            save_checkpoint(checkpoint, {"format": FORMAT, "arch": "dcgan", "arch_args": G.args, "G": G.state_dict()})
             forward = generator.fast_generator(G, checkpoint)
             path = "inference-onednn-" + ("bf16" if forward.bf16 else "fp32")
         for _ in range(cfg.warmup):

@@ -3,6 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
+import checkpoint
 import faststep
 import network
 import train
@@ -46,6 +47,8 @@ def test_static_step_equals_the_dygraph_step(d_steps, g_steps):
         expected = train.train_iteration(*plain, x, 100, d_steps, g_steps)
         paddle.seed(10 + i)
         got = step(x)
+        checks = [got.pop("G_check"), got.pop("D_check")]
+        assert checks == pytest.approx(train.weight_checks(plain[0], plain[1]), rel=1e-4)
         assert set(got) == set(expected)
         for k in expected:
             assert got[k] == pytest.approx(expected[k], rel=1e-4), (i, k)
@@ -112,12 +115,13 @@ def test_training_runs_on_either_step_to_the_same_weights(lfw8, tmp_path):
     for step in ("static", "dygraph"):
         cfg = train.TrainConfig(data=lfw8, out=str(tmp_path / step), epochs=1, batch_size=16, epoch_images=64,
                                 width=8, sample_every=100, device="cpu", step=step)
-        runs[step] = paddle.load(train.train(cfg, progress=False))
-    for net in ("G", "D"):
-        for k, v in runs["dygraph"][net].items():
-            np.testing.assert_allclose(runs["static"][net][k].numpy(), v.numpy(), rtol=1e-3, atol=1e-5, err_msg=k)
-    for opt in ("opt_G", "opt_D"):  # the same Adam state (its keys carry names numbered per process)
-        moments = [sorted(float(np.abs(v.numpy()).sum()) for k, v in runs[step][opt].items() if "moment" in k)
-                   for step in ("static", "dygraph")]
-        assert len(moments[0]) == len(moments[1]) > 0
-        np.testing.assert_allclose(moments[0], moments[1], rtol=1e-3)
+        runs[step] = checkpoint.load(train.train(cfg, progress=False))
+    for part in ("G", "D"):
+        for k, v in runs["dygraph"][part].items():
+            np.testing.assert_allclose(runs["static"][part][k], v, rtol=1e-3, atol=1e-5, err_msg=k)
+    for opt in ("opt_G", "opt_D"):  # the same Adam state, keyed by the networks' structure
+        assert runs["static"][opt].keys() == runs["dygraph"][opt].keys()
+        for k, entries in runs["dygraph"][opt].items():
+            assert set(entries) == {"moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc"}
+            for name, v in entries.items():
+                np.testing.assert_allclose(runs["static"][opt][k][name], v, rtol=1e-3, atol=1e-7, err_msg=(k, name))

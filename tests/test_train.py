@@ -7,6 +7,7 @@ import numpy as np
 import paddle
 import pytest
 
+import checkpoint
 import network
 import train
 from conftest import assert_user_error, run_script
@@ -117,7 +118,7 @@ def test_short_run_changes_weights_and_writes_every_file(lfw8, tmp_path):
     path = train.train(cfg, progress=False)
     assert path == str(tmp_path / "checkpoint.pdparams")
     state = paddle.load(path)
-    assert state["format"] == train.CHECKPOINT_FORMAT
+    assert state["format"] == checkpoint.FORMAT
     assert (state["epoch"], state["iteration"], state["images_seen"]) == (2, 8, 128)
     assert state["arch"] == "dcgan" and state["arch_args"] == {"size": 8, "z_dim": 100, "width": 8}
     assert state["config"]["epochs"] == 2 and state["fixed_z"].shape == (64, 100)

@@ -1,0 +1,162 @@
+"""Checkpoint files: what they hold, writing them atomically, and reading them without running code.
+
+A checkpoint is one `paddle.save` dict (so `paddle.load` reads it too), written to a temporary
+file and renamed, so a crash at any moment leaves the previous file whole. Format 2 holds
+everything a run needs to continue exactly: both networks, both optimizers (keyed by the
+networks' structure, not by Paddle's per-process parameter names), the random generators of
+Paddle and numpy, the position in the data (epoch, batches done, that epoch's order), fixed
+noise, config, dataset fingerprint, network arguments, any extra state of the training
+method, and the project version. generator.py also reads format 1 (issue 2's) files.
+
+`.pdparams` files are pickles, and unpickling can run code. `load` therefore unpickles with
+an allow-list: dicts, lists, tuples, numbers, strings, numpy arrays and Paddle's random-state
+object. Anything else (a foreign or tampered file) is refused before it runs.
+
+Example:
+    state = load("output/checkpoint.pdparams")      # arrays, not Tensors
+    G.set_state_dict(state["G"])
+"""
+import io
+import os
+import pickle
+import re
+
+import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
+import numpy as np
+import paddle
+
+from dataReader import write_atomic
+
+__version__ = "0.4.0"
+
+FILE = "checkpoint.pdparams"
+FORMAT = "paddle-fakeface-checkpoint/2"
+READABLE = ("paddle-fakeface-checkpoint/1", FORMAT)   # /1: issue 2's files, enough to generate from
+
+# What a checkpoint's pickle may name: containers, numpy arrays, Paddle's generator state.
+ALLOWED = {
+    ("collections", "OrderedDict"), ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+    ("paddle.base.libpaddle", "GeneratorState"),
+}
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, damaged or not one of ours; the message says what to do."""
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in ALLOWED:
+            raise CheckpointError(f"it refers to {module}.{name}, which no checkpoint of ours holds; "
+                                  "refusing to unpickle it (load only checkpoints you trust)")
+        return super().find_class(module, name)
+
+
+def _arrays(obj):
+    """paddle.save stores a Tensor as the tuple (name, ndarray): make those arrays again."""
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
+        return obj[1]
+    if isinstance(obj, dict):
+        return {k: _arrays(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_arrays(v) for v in obj]
+    return obj
+
+
+def save(path, state):
+    """paddle.save `state` into memory, then write it atomically and durably."""
+    buf = io.BytesIO()
+    paddle.save(state, buf)
+    write_atomic(path, buf.getvalue(), durable=True)
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of saves that a killed process left in `folder` (never a checkpoint)."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        match = re.fullmatch(r"checkpoint.*\.pdparams\.tmp(\d+)", name)
+        if match and not _alive(int(match.group(1))):  # a running process may still be writing its own
+            os.remove(os.path.join(folder, name))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load(path, formats=(FORMAT,)):
+    """The checkpoint dict at `path`, tensors as numpy arrays; CheckpointError unless it is one of `formats`."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}: run `python train.py` first, or give its path")
+    try:
+        with open(path, "rb") as f:
+            state = _arrays(_Unpickler(f).load())
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    except Exception as e:  # truncated or foreign files fail in many ways
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}): "
+                              "it is truncated or not a paddle-fakeface checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") not in READABLE:
+        raise CheckpointError(f"{path} is not a paddle-fakeface checkpoint")
+    if state["format"] not in formats:
+        raise CheckpointError(f"{path} is an older checkpoint ({state['format']}) that cannot resume "
+                              "training; generator.py still reads it. Start a new run with --resume never")
+    return state
+
+
+# ----------------------------------------------------------------------------- optimizer state
+
+def _trained(net):
+    """{structural key: parameter} of `net`'s trained parameters (not BatchNorm's running statistics)."""
+    return {k: p for k, p in net.named_parameters() if p.trainable}
+
+
+def ensure_accumulators(opt, net):
+    """Create a dygraph optimizer's state tensors if it has not stepped yet, so that they can take values."""
+    if not opt._accumulators:
+        opt._create_accumulators(paddle.base.framework.default_main_program().global_block(),
+                                 list(_trained(net).values()))
+
+
+def optimizer_state(opt, net):
+    """{structural key: {state name: array}} of `opt`, which updates `net` (empty before its first step)."""
+    out = {}
+    for k, p in _trained(net).items():
+        entries = {name: acc[p.name].numpy() for name, acc in opt._accumulators.items() if p.name in acc}
+        if entries:
+            out[k] = entries
+    return out
+
+
+def set_optimizer_state(opt, net, state):
+    """Give `opt` the state that optimizer_state returned for the same network structure."""
+    if not state:
+        return
+    ensure_accumulators(opt, net)
+    params = _trained(net)
+    if set(state) != set(params):
+        raise CheckpointError(f"the optimizer state is for other parameters ({len(state)} vs {len(params)})")
+    for k, p in params.items():
+        for name, value in state[k].items():
+            opt._accumulators[name][p.name].set_value(np.asarray(value))
+
+
+# ----------------------------------------------------------------------------- random state
+
+def rng_state():
+    """Paddle's and numpy's global random state."""
+    return {"paddle": paddle.get_rng_state(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state):
+    paddle.set_rng_state(state["paddle"])
+    np.random.set_state(state["numpy"])
