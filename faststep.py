@@ -19,7 +19,7 @@ the dygraph step to float tolerance (tests/test_faststep.py).
 Example:
     step = FastStep("dcgan", G.args, batch=128, lr=2e-4, beta1=0.5, beta2=0.999)
     step.load(G, D, opt_G, opt_D)
-    stats = step(real_batch)            # {'loss_D', 'D_real', 'D_fake', 'loss_G', 'G_check', 'D_check'}
+    stats = step(real_batch)            # {'loss_D', 'D_real', 'D_fake', 'err_R', 'err_F', 'loss_G', 'G_check', 'D_check'}
     step.store(G, D, opt_G, opt_D)
 """
 import types
@@ -118,7 +118,8 @@ class FastStep:
         for i in range(self.d_steps):
             more = fake if i == 0 else G(zs[i])
             logits_real, logits_fake = D(real), D(more.detach())
-            loss_D = _bce(logits_real, 1.0) + _bce(logits_fake, 0.0)
+            err_real, err_fake = _bce(logits_real, 1.0), _bce(logits_fake, 0.0)
+            loss_D = err_real + err_fake
             opt_D.minimize(loss_D, parameters=D.parameters())
         losses_G = []
         for i in range(self.g_steps):
@@ -130,7 +131,7 @@ class FastStep:
         # per network, the sum of its parameters' means after the updates: not finite once any parameter is not
         sums = [paddle.add_n([p.mean() for p in net.parameters()]) for net in (G, D)]
         self.fetch = [loss_D, unary("sigmoid", logits_real).mean(), unary("sigmoid", logits_fake).mean(),
-                      paddle.stack(losses_G).mean(), *sums]
+                      err_real, err_fake, paddle.stack(losses_G).mean(), *sums]
         # dygraph state_dict keys (structural, the same in both modes) -> this program's variable names
         self.names = {"G": {k: v.name for k, v in G.state_dict().items()},
                       "D": {k: v.name for k, v in D.state_dict().items()}}
@@ -179,4 +180,5 @@ class FastStep:
         zs = [paddle.randn([self.batch, self.z_dim]).numpy() for _ in range(self.d_steps + self.g_steps - 1)]
         with paddle.pir_utils.OldIrGuard(), paddle.static.scope_guard(self.scope):
             out = self.executor.run(self.program, feed=dict(zip(self.feeds, [real] + zs)), fetch_list=self.fetch)
-        return dict(zip(("loss_D", "D_real", "D_fake", "loss_G", "G_check", "D_check"), (float(v) for v in out)))
+        return dict(zip(("loss_D", "D_real", "D_fake", "err_R", "err_F", "loss_G", "G_check", "D_check"),
+                        (float(v) for v in out)))

@@ -9,6 +9,10 @@ DCGAN (Radford et al. 2016, the tutorial's networks): G maps z (N x z_dim) to N 
 in [-1, 1]; D maps N x 3 x S x S to N logits. S is any power of two from 8 up: the
 tutorial's 64, or 32 and 128 by removing or adding one block per side.
 
+torchblog (the 2015 Torch blog "Generating Faces with Torch"): G upsamples with nearest
+neighbours and 5x5 convolutions (upsample_block), D max-pools with dropout and no BatchNorm
+(pool_block); the same interface as DCGAN.
+
 Example:
     python -c "import network; G, D = network.build('dcgan', size=64); print(G)"
 """
@@ -45,11 +49,12 @@ class ConvBlock(nn.Layer):
     numbers double them, as G's upsampling step.
     """
 
-    def __init__(self, in_ch, out_ch, kernel=4, stride=2, padding=1, norm=True, act="lrelu", transposed=False):
+    def __init__(self, in_ch, out_ch, kernel=4, stride=2, padding=1, norm=True, act="lrelu", transposed=False,
+                 bias=False):
         super().__init__()
         conv = nn.Conv2DTranspose if transposed else nn.Conv2D
         # No bias where BN follows (it would be cancelled); none at all in DCGAN, as in the reference.
-        self.conv = conv(in_ch, out_ch, kernel, stride=stride, padding=padding, bias_attr=False)
+        self.conv = conv(in_ch, out_ch, kernel, stride=stride, padding=padding, bias_attr=None if bias else False)
         self.norm = batch_norm(out_ch) if norm else nn.Identity()
         self.act = activation(act)
 
@@ -119,10 +124,78 @@ class DCGANDiscriminator(nn.Layer):
         return self.main(x).flatten()                                     # -> [N] logits
 
 
+# ----------------------------------------------------------------------------- the Torch blog's GAN
+
+def upsample_block(in_ch, out_ch, kernel=5):
+    """Nearest-neighbour upsampling x2, then a same-size conv -> BatchNorm -> ReLU."""
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                         ConvBlock(in_ch, out_ch, kernel, stride=1, padding=kernel // 2, act="relu"))
+
+
+def pool_block(in_ch, out_ch, kernel=5, dropout=0.2):
+    """A same-size conv (with bias, no norm) -> 2x2 max-pool -> ReLU -> spatial dropout, halving H and W."""
+    return nn.Sequential(ConvBlock(in_ch, out_ch, kernel, stride=1, padding=kernel // 2, norm=False, act=None,
+                                   bias=True),
+                         nn.MaxPool2D(2), activation("relu"), nn.Dropout2D(dropout))
+
+
+def torchblog_channels(width):
+    """The blog's channel counts at width 64, scaled by width / 64 (at least 1 each)."""
+    scale = lambda c: max(1, c * width // 64)  # noqa: E731
+    return {"dense": scale(128), "G": [scale(256), scale(256), scale(128)], "D": [scale(32), scale(64), scale(96)],
+            "hidden": scale(1024)}
+
+
+class TorchBlogGenerator(nn.Layer):
+    """The 2015 Torch blog's G: dense to 128 x S/8 x S/8, three upsample + 5x5 conv blocks, 3x3 conv, tanh.
+
+    At size 64 and width 64: z -> 128x8x8 -> 256x16x16 -> 256x32x32 -> 128x64x64 -> 3x64x64.
+    The tanh is ours: the blog's images were in [0, 1], ours are in [-1, 1].
+    """
+
+    def __init__(self, size=64, z_dim=100, width=64):
+        super().__init__()
+        check_size(size)
+        self.args = dict(size=size, z_dim=z_dim, width=width)
+        ch = torchblog_channels(width)
+        self.start = size // 8
+        self.dense = nn.Linear(z_dim, ch["dense"] * self.start ** 2)
+        chans = [ch["dense"]] + ch["G"]
+        self.main = nn.Sequential(*[upsample_block(a, b) for a, b in zip(chans, chans[1:])],
+                                  ConvBlock(chans[-1], 3, 3, stride=1, padding=1, norm=False, act="tanh", bias=True))
+        self.apply(dcgan_init)
+
+    def forward(self, z):
+        x = self.dense(z.reshape([-1, self.args["z_dim"]]))
+        return self.main(x.reshape([-1, x.shape[1] // self.start ** 2, self.start, self.start]))
+
+
+class TorchBlogDiscriminator(nn.Layer):
+    """The blog's D: three 5x5 conv + max-pool + ReLU + spatial dropout 0.2 blocks, dense 1024, dropout 0.5, logit.
+
+    At size 64 and width 64: 3x64x64 -> 32x32x32 -> 64x16x16 -> 96x8x8 -> 1024 -> 1. No BatchNorm.
+    """
+
+    def __init__(self, size=64, z_dim=100, width=64):
+        super().__init__()
+        check_size(size)
+        self.args = dict(size=size, z_dim=z_dim, width=width)
+        ch = torchblog_channels(width)
+        chans = [3] + ch["D"]
+        self.main = nn.Sequential(*[pool_block(a, b) for a, b in zip(chans, chans[1:])])
+        self.head = nn.Sequential(nn.Linear(chans[-1] * (size // 8) ** 2, ch["hidden"]), activation("relu"),
+                                  nn.Dropout(0.5), nn.Linear(ch["hidden"], 1))
+        self.apply(dcgan_init)
+
+    def forward(self, x):
+        return self.head(self.main(x).flatten(1)).flatten()          # -> [N] logits
+
+
 # ----------------------------------------------------------------------------- registry
 
 ARCHITECTURES = {
     "dcgan": (DCGANGenerator, DCGANDiscriminator),
+    "torchblog": (TorchBlogGenerator, TorchBlogDiscriminator),
 }
 
 

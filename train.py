@@ -1,10 +1,12 @@
-"""Train the DCGAN of the tutorial on a dataset written by pretreat.py; stop and continue at will.
+"""Train a face GAN (the tutorial's DCGAN or the Torch blog's) on a dataset from pretreat.py; stop and resume.
 
 One iteration = one real batch: D is updated on real and fake together (--d-steps times),
 then G is updated --g-steps times (the tutorial's 1:2). Writes to --out:
     samples/epoch_EEEE_iter_IIIIII.png   fixed-noise grids, every --sample-every iterations
                                          and at each epoch end
     loss.png, log.jsonl                  losses over iterations (one JSON record per line)
+    monitor.png                          the Torch blog's curves: D's errors on reals and fakes,
+                                         G's, the --margin band and the skipped updates
     swd.png                              with --eval-every: SWD to the data over iterations
     checkpoint.pdparams                  everything needed to continue (see checkpoint.py),
                                          written atomically every --save-every iterations and
@@ -31,6 +33,8 @@ Examples:
     python train.py --epochs 1 --sample-every 50 --device cpu
     python train.py --epochs 8 --eval-every 100          # SWD to the data in log.jsonl and swd.png
     python -m paddle.distributed.launch --nproc_per_node 2 train.py --epochs 8
+    python train.py --arch torchblog --balance margin --optimizer rmsprop --out runs/blog   # the Torch blog
+    python train.py --real-label 0.9 --flip-labels 0.05 --balance l2 --out runs/tricks
 """
 import argparse
 import contextlib
@@ -56,6 +60,7 @@ import checkpoint  # noqa: E402
 import evaluate  # noqa: E402  (its metrics only; it imports generator and train lazily)
 import faststep  # noqa: E402
 import network  # noqa: E402
+from balance import BALANCES, OPTIMIZERS, Tricks, make_optimizer  # noqa: E402
 
 SAMPLE_COUNT = 64  # fixed-noise faces per sample grid
 EVAL_COUNT = 1000  # images per set for --eval-every's SWD (at most half the dataset)
@@ -72,7 +77,7 @@ class TrainConfig:
     epoch_images: int = None        # images per epoch; None: the dataset once (6,400 on the LFW faces)
     width: int = None               # channels next to the image, ngf = ndf; None: 64 (32 on LFW)
     z_dim: int = 100                # latent size
-    lr: float = 2e-4                # Adam learning rate of both networks (Radford et al.)
+    lr: float = None                # learning rate of both networks; None: Adam 2e-4 (Radford et al.), RMSProp 1e-3
     beta1: float = 0.5              # Adam beta1; 0.5 steadies GAN training
     beta2: float = 0.999            # Adam beta2
     d_steps: int = 1                # D updates per iteration (real and fake in one step)
@@ -88,6 +93,12 @@ class TrainConfig:
     save_every: int = 500           # iterations between checkpoints (also at each epoch end); 0: epoch ends only
     keep: int = 0                   # numbered snapshots kept besides checkpoint.pdparams
     resume: str = "auto"            # auto: continue --out's checkpoint if there is one; never; or a checkpoint path
+    optimizer: str = "adam"         # adam (the tutorial's) or rmsprop (the Torch blog's, with its warm-up)
+    balance: str = "none"           # none; margin: the blog's skip rule; l2: its adaptive weight decay on D
+    margin: float = 0.3             # the skip rule's margin
+    real_label: float = 1.0         # D's target for real images; 0.9: one-sided soft labels
+    label_jitter: float = 0.0       # +- uniform noise on D's targets
+    flip_labels: float = 0.0        # probability of swapping a real/fake target in D's loss
 
 
 # Where the dataset is the 100 embedded faces: small enough to train in minutes on a CPU.
@@ -101,6 +112,8 @@ def resolve_defaults(cfg, manifest):
     filled = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
     if filled.get("epoch_images", 0) is None:
         filled["epoch_images"] = manifest["count"]
+    if cfg.lr is None:
+        filled["lr"] = 1e-3 if cfg.optimizer == "rmsprop" else 2e-4
     return replace(cfg, **filled)
 
 
@@ -121,10 +134,16 @@ def select_device(name):
 
 # ----------------------------------------------------------------------------- steps
 
-def choose_step(name, device, arch, processes=1):
-    """The training step ('static' or 'dygraph') that --step `name` means on `device` for `arch`."""
+def choose_step(name, device, arch, processes=1, plain=True):
+    """The training step ('static' or 'dygraph') that --step `name` means on `device` for `arch`.
+
+    `plain`: the tutorial's Adam and BCE with no balancing or label tricks (all the static step does).
+    """
     if name == "auto":
-        return "static" if device == "cpu" and arch in faststep.SUPPORTED and processes == 1 else "dygraph"
+        return "static" if device == "cpu" and arch in faststep.SUPPORTED and processes == 1 and plain else "dygraph"
+    if name == "static" and not plain:
+        raise ConfigError("--step static runs the tutorial's Adam without --balance, --optimizer rmsprop or "
+                          "label tricks; use --step dygraph (or auto)")
     if name == "static" and processes > 1:
         raise ConfigError("--step static runs in one process; several processes train with --step dygraph (or auto)")
     if name == "static" and device != "cpu":
@@ -134,61 +153,89 @@ def choose_step(name, device, arch, processes=1):
     return name
 
 
-def d_step(D, opt_D, real, fake, reduce=None):
-    """One D update on a real batch and a fake one (not differentiated into G); returns numbers.
+def _bce(logits, target):
+    return F.binary_cross_entropy_with_logits(logits, target)
 
-    `reduce(opt)`, when given, averages the gradients of opt's parameters over processes.
+
+def d_step(D, opt_D, real, fake, reduce=None, tricks=None):
+    """One D forward on a real batch and a fake one (not differentiated into G), and D's update.
+
+    Returns the numbers: loss_D, D_real, D_fake (mean probabilities), err_R = BCE(D(real), 1),
+    err_F = BCE(D(fake), 0) and update_G, the balancing rule's word on G's update (tricks
+    decide whether D and G update; without tricks both always do). `reduce(opt)`, when given,
+    averages the gradients of opt's parameters over processes.
     """
+    tricks = tricks or Tricks()
     # Real and fake go through D separately, so its BatchNorm sees all-real and all-fake batches.
     logits_real, logits_fake = D(real), D(fake.detach())
-    loss_D = (F.binary_cross_entropy_with_logits(logits_real, paddle.ones_like(logits_real))
-              + F.binary_cross_entropy_with_logits(logits_fake, paddle.zeros_like(logits_fake)))
-    opt_D.clear_grad()
-    loss_D.backward()
-    if reduce:
-        reduce(opt_D)
-    opt_D.step()
-    return {"loss_D": float(loss_D),
-            "D_real": float(F.sigmoid(logits_real).mean()),
-            "D_fake": float(F.sigmoid(logits_fake).mean())}
+    err_real = _bce(logits_real, paddle.ones_like(logits_real))
+    err_fake = _bce(logits_fake, paddle.zeros_like(logits_fake))
+    update_d, update_g = tricks.decide(float(err_real), float(err_fake))
+    if tricks.plain_labels:
+        loss_D = err_real + err_fake
+    else:
+        t_real, t_fake = tricks.targets(logits_real, logits_fake)
+        loss_D = _bce(logits_real, t_real) + _bce(logits_fake, t_fake)
+    if update_d:
+        penalty = tricks.penalty(D)
+        opt_D.clear_grad()
+        (loss_D if penalty is None else loss_D + penalty).backward()
+        if reduce:
+            reduce(opt_D)
+        tricks.step(opt_D, "D")
+    stats = {"loss_D": float(loss_D), "D_real": float(F.sigmoid(logits_real).mean()),
+             "D_fake": float(F.sigmoid(logits_fake).mean()), "err_R": float(err_real), "err_F": float(err_fake),
+             "update_G": update_g}
+    if not update_g:  # G's loss all the same, from this forward: the L2 rule and the log need it
+        stats["loss_G"] = float(_bce(logits_fake, paddle.ones_like(logits_fake)))
+    return stats
 
 
-def g_step(D, opt_G, fake, reduce=None):
+def g_step(D, opt_G, fake, reduce=None, tricks=None):
     """One G update from fakes still attached to G's graph: non-saturating BCE(D(fake), 1)."""
+    tricks = tricks or Tricks()
     params = [p for p in D.parameters() if not p.stop_gradient]  # not BatchNorm's running statistics
     for p in params:  # D's weight gradients would be thrown away: do not compute them
         p.stop_gradient = True
     try:
         logits = D(fake)
-        loss_G = F.binary_cross_entropy_with_logits(logits, paddle.ones_like(logits))
+        loss_G = _bce(logits, paddle.ones_like(logits))
         opt_G.clear_grad()
         loss_G.backward()
         if reduce:
             reduce(opt_G)
-        opt_G.step()
+        tricks.step(opt_G, "G")
     finally:
         for p in params:
             p.stop_gradient = False
     return float(loss_G)
 
 
-def train_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps=1, g_steps=2, reduce=None):
-    """d_steps D updates, then g_steps G updates; returns loss_D, D_real, D_fake, loss_G.
+def train_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps=1, g_steps=2, reduce=None, tricks=None):
+    """d_steps D updates, then g_steps G updates; returns loss_D, D_real, D_fake, err_R, err_F, loss_G.
 
     The first G update reuses the fakes of the first D update, graph and all, as the
     PyTorch DCGAN does: the same maths as a second G forward on the same noise, one forward
     fewer. Further D updates draw fresh fakes without a graph; further G updates fresh noise.
+    With `tricks` (balance.Tricks) the balancing rule may skip D's or G's updates; when G's
+    are skipped, loss_G is BCE(D(fake), 1) of the D step's forward.
     """
     n = real.shape[0]
     fake = G(paddle.randn([n, z_dim]))
-    stats = d_step(D, opt_D, real, fake, reduce)
+    first = stats = d_step(D, opt_D, real, fake, reduce, tricks)
     for _ in range(d_steps - 1):
         with paddle.no_grad():
             more = G(paddle.randn([n, z_dim]))
-        stats = d_step(D, opt_D, real, more, reduce)
-    losses = [g_step(D, opt_G, fake, reduce)] + [g_step(D, opt_G, G(paddle.randn([n, z_dim])), reduce)
-                                                 for _ in range(g_steps - 1)]
-    return dict(stats, loss_G=float(np.mean(losses)))
+        stats = d_step(D, opt_D, real, more, reduce, tricks)
+    if first["update_G"]:
+        losses = [g_step(D, opt_G, fake, reduce, tricks)] + [
+            g_step(D, opt_G, G(paddle.randn([n, z_dim])), reduce, tricks) for _ in range(g_steps - 1)]
+        loss_g = float(np.mean(losses))
+    else:
+        loss_g = first["loss_G"]
+    if tricks is not None:
+        tricks.after(loss_g)
+    return {**{k: v for k, v in stats.items() if k not in ("update_G", "loss_G")}, "loss_G": loss_g}
 
 
 def sample(G, z):
@@ -218,7 +265,8 @@ def prune_snapshots(folder, keep):
 
 # Settings that shape the trajectory of a run: a resumed run keeps the checkpoint's values.
 TRAJECTORY = ("arch", "size", "batch_size", "epoch_images", "width", "z_dim", "lr", "beta1", "beta2",
-              "d_steps", "g_steps", "flip", "seed")
+              "d_steps", "g_steps", "flip", "seed", "optimizer", "balance", "margin", "real_label", "label_jitter",
+              "flip_labels")
 
 
 def resume_config(cfg, state, explicit, path):
@@ -227,7 +275,7 @@ def resume_config(cfg, state, explicit, path):
     A setting given on the command line (in `explicit`; None means all) that differs from the
     checkpoint's raises ConfigError: the run could not continue the same way.
     """
-    old = state["config"]
+    old = {**asdict(TrainConfig()), **state["config"]}  # settings newer than the checkpoint: their defaults
     for name in TRAJECTORY:
         given = getattr(cfg, name)
         if (explicit is None or name in explicit) and given is not None and given != old[name]:
@@ -372,6 +420,34 @@ def plot_curves(history, keys, ylabel, path):
     write_atomic(path, buf.getvalue())
 
 
+def plot_monitor(history, margin, path):
+    """The Torch blog's monitor: D's errors on reals and fakes and G's, with the margin band, and the skips."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 6), dpi=100)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    its = [r["iteration"] for r in history]
+    marker = "o" if len(history) < 30 else None
+    for key, label in (("loss_G", "gen: BCE(D(G(z)), real), low when G fools D"),
+                       ("err_F", "fake: BCE(D(G(z)), fake), low when D spots fakes"),
+                       ("err_R", "real: BCE(D(x), real), low when D knows reals")):
+        top.plot(its, [r.get(key, np.nan) for r in history], label=label, marker=marker)
+    top.axhspan(margin, 1 - margin, color="0.85", label=f"margin band ({margin:g}, {1 - margin:g})")
+    top.set_ylabel("BCE")
+    top.legend(fontsize=8)
+    top.grid(alpha=0.3)
+    for key, label in (("d_skips", "D updates skipped"), ("g_skips", "G updates skipped")):
+        bottom.plot(its, [r.get(key, 0) for r in history], label=label, marker=marker)
+    bottom.set_xlabel("iteration")
+    bottom.set_ylabel("skipped (total)")
+    bottom.legend(fontsize=8)
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_atomic(path, buf.getvalue())
+
+
 # ----------------------------------------------------------------------------- loop
 
 def train(cfg, progress=True, explicit=None):
@@ -410,8 +486,10 @@ def train(cfg, progress=True, explicit=None):
     # --- networks, optimizers, fixed noise (all replaced by the checkpoint's when resuming)
     paddle.seed(cfg.seed)
     G, D = network.build(cfg.arch, size=dataset.size, z_dim=cfg.z_dim, width=cfg.width)
-    opt_G = paddle.optimizer.Adam(learning_rate=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, parameters=G.parameters())
-    opt_D = paddle.optimizer.Adam(learning_rate=cfg.lr, beta1=cfg.beta1, beta2=cfg.beta2, parameters=D.parameters())
+    opt_G = make_optimizer(cfg.optimizer, cfg.lr, cfg.beta1, cfg.beta2, G.parameters())
+    opt_D = make_optimizer(cfg.optimizer, cfg.lr, cfg.beta1, cfg.beta2, D.parameters())
+    tricks = Tricks(balance=cfg.balance, margin=cfg.margin, optimizer=cfg.optimizer, lr=cfg.lr,
+                    real_label=cfg.real_label, label_jitter=cfg.label_jitter, flip_labels=cfg.flip_labels)
     fixed_z = np.random.default_rng(cfg.seed).standard_normal((SAMPLE_COUNT, cfg.z_dim)).astype(np.float32)
     epoch, batch, iteration, images_seen = 1, 0, 0, 0
     if state is not None:
@@ -421,6 +499,8 @@ def train(cfg, progress=True, explicit=None):
         checkpoint.set_optimizer_state(opt_G, G, state["opt_G"])
         checkpoint.set_optimizer_state(opt_D, D, state["opt_D"])
         fixed_z = state["fixed_z"]
+        tricks = Tricks(**{**tricks.state(), **{k: v for k, v in state["method"].items()
+                                                if k in ("coef_l2", "d_updates", "g_updates", "d_skips", "g_skips")}})
         epoch, batch, iteration, images_seen = state["epoch"], state["batch"], state["iteration"], state["images_seen"]
     if batch == per_epoch:
         epoch, batch = epoch + 1, 0
@@ -428,7 +508,7 @@ def train(cfg, progress=True, explicit=None):
         print(f"{resume_from} has finished {epoch - 1} epochs (iteration {iteration}); "
               f"ask for more with --epochs N", file=sys.stderr)
         return resume_from
-    path = choose_step(cfg.step, device, cfg.arch, procs.world)
+    path = choose_step(cfg.step, device, cfg.arch, procs.world, plain=tricks.plain)
     fast = None
     if path == "static":  # it holds the training state while it runs; sync() brings the dygraph objects up to date
         fast = faststep.FastStep(cfg.arch, G.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2, cfg.d_steps, cfg.g_steps)
@@ -499,7 +579,7 @@ def train(cfg, progress=True, explicit=None):
             "rng": checkpoint.rng_state(),
             "epoch": epoch, "batch": batch, "iteration": iteration, "images_seen": images_seen,
             "order": loader.batch_sampler.epoch_order(),
-            "method": {},  # DCGAN has no schedule or balancing state
+            "method": tricks.state(),  # balancing options and state (L2 coefficient, update and skip counts)
             "fixed_z": fixed_z, "config": asdict(cfg),
             "dataset": {k: dataset.manifest[k] for k in ("source", "count", "size")},
         }
@@ -515,7 +595,7 @@ def train(cfg, progress=True, explicit=None):
         if procs.world > 1:  # each process its own noise, a function of (seed, rank, iteration): resumable
             paddle.seed(int(np.random.SeedSequence([cfg.seed, procs.rank, iteration]).generate_state(1)[0]))
         stats = train_iteration(G_run, D_run, opt_G, opt_D, real, cfg.z_dim, cfg.d_steps, cfg.g_steps,
-                                reduce=procs.reduce if procs.world > 1 else None)
+                                reduce=procs.reduce if procs.world > 1 else None, tricks=tricks)
         return stats, weight_checks(G, D)
 
     # --- loop
@@ -549,6 +629,7 @@ def train(cfg, progress=True, explicit=None):
                     elapsed = time.perf_counter() - t_interval
                     record = {"epoch": epoch, "iteration": iteration, "images": images_seen,
                               **{k: round(float(np.mean([s[k] for s in interval])), 5) for k in interval[0]},
+                              "d_skips": tricks.d_skips, "g_skips": tricks.g_skips, "coef_l2": tricks.coef_l2,
                               "img_per_s": round(len(interval) * cfg.batch_size * procs.world / elapsed, 2)}
                     history.append(record)
                     append_log(record)
@@ -574,6 +655,7 @@ def train(cfg, progress=True, explicit=None):
                 save_samples()
             if procs.main and history:
                 plot_curves(history, {"loss_D": "D", "loss_G": "G"}, "BCE loss", os.path.join(cfg.out, "loss.png"))
+                plot_monitor(history, cfg.margin, os.path.join(cfg.out, "monitor.png"))
             save()
             synced_checkpoint[0] = iteration
             batch = 0
@@ -601,7 +683,7 @@ HELP = {
     "epoch_images": "images per epoch (default: the dataset once; 6400 on the LFW faces)",
     "width": "channels next to the image in G and D, ngf = ndf (default: 64; 32 on the LFW faces)",
     "z_dim": "latent size",
-    "lr": "Adam learning rate of both networks",
+    "lr": "learning rate of both networks (default: 2e-4 for Adam, 1e-3 for RMSProp)",
     "beta1": "Adam beta1 (0.5 steadies GAN training)",
     "beta2": "Adam beta2",
     "d_steps": "D updates per iteration, each on the iteration's real batch and fresh fakes",
@@ -621,6 +703,15 @@ HELP = {
     "keep": "numbered snapshots (checkpoint-IIIIIII.pdparams) kept besides checkpoint.pdparams, newest first",
     "resume": "auto: continue the run in --out if it has a checkpoint; never: start over (overwriting it); "
               "or the path of a checkpoint to continue from",
+    "optimizer": "adam: the tutorial's; rmsprop: the Torch blog's (decay 0.9), warming up at lr/50 for 10 "
+                 "updates and lr/5 until 30",
+    "balance": "margin: skip D's update while it wins by a margin and G's while D is lost (the Torch blog); "
+               "l2: weight decay on D that grows while G's loss is high; none: the tutorial's",
+    "margin": "the margin of --balance margin: D skips below it, G above 1 - margin",
+    "real_label": "D's target for real images; 0.9 (soft labels) keeps D from getting overconfident",
+    "label_jitter": "uniform noise of +- this on D's targets, so they are never exact",
+    "flip_labels": "probability of swapping a real and a fake target in D's loss, a noisy teacher that "
+                   "slows D down",
 }
 
 
@@ -639,10 +730,14 @@ def parse_args(argv=None):
             parser.add_argument(flag, default=default, choices=sorted(network.ARCHITECTURES), help=HELP[f.name] + shown)
         elif f.name == "device":
             parser.add_argument(flag, default=default, choices=["auto", "cpu", "gpu"], help=HELP[f.name] + shown)
+        elif f.name in ("optimizer", "balance"):
+            parser.add_argument(flag, default=default, choices=OPTIMIZERS if f.name == "optimizer" else BALANCES,
+                                help=HELP[f.name] + shown)
         elif f.name == "step":
             parser.add_argument(flag, default=default, choices=["auto", "static", "dygraph"], help=HELP[f.name] + shown)
         else:
-            kind = {"size": int, "batch_size": int, "epoch_images": int, "width": int}.get(f.name, type(default))
+            kind = {"size": int, "batch_size": int, "epoch_images": int, "width": int, "lr": float}.get(
+                f.name, type(default))
             parser.add_argument(flag, type=kind, default=default, help=HELP[f.name] + shown)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     for name in ("eval_every", "save_every", "keep", "num_workers"):
@@ -658,9 +753,14 @@ def parse_args(argv=None):
             network.check_size(cfg.size)
         except ValueError as e:
             parser.error(f"--size: {e}")
-    for name in ("lr",):
-        if getattr(cfg, name) <= 0:
-            parser.error(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.lr is not None and cfg.lr <= 0:
+        parser.error(f"--lr must be positive, got {cfg.lr}")
+    for name, low, high in (("margin", 0, 0.5), ("real_label", 0.5, 1.0)):
+        if not low < getattr(cfg, name) <= high:
+            parser.error(f"--{name.replace('_', '-')} must be in ({low}, {high}], got {getattr(cfg, name)}")
+    for name in ("label_jitter", "flip_labels"):
+        if not 0 <= getattr(cfg, name) < 0.5:
+            parser.error(f"--{name.replace('_', '-')} must be in [0, 0.5), got {getattr(cfg, name)}")
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             parser.error(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")

@@ -56,7 +56,8 @@ def test_d_step_moves_only_D_and_g_step_moves_only_G():
     g0, d0 = weights(G), weights(D)
     fake = G(paddle.randn([4, 100]))
     stats = train.d_step(D, opt_D, real, fake)
-    assert set(stats) == {"loss_D", "D_real", "D_fake"} and stats["loss_D"] > 0
+    assert set(stats) == {"loss_D", "D_real", "D_fake", "err_R", "err_F", "update_G"} and stats["update_G"]
+    assert stats["loss_D"] == pytest.approx(stats["err_R"] + stats["err_F"]) and stats["loss_D"] > 0
     assert 0 < stats["D_real"] < 1 and 0 < stats["D_fake"] < 1
     assert changed(g0, G) == set() and changed(d0, D) == set(d0)
     d1 = weights(D)

@@ -1,0 +1,143 @@
+"""Keeping D and G in balance: the 2015 Torch blog's rules and the label tricks of "Make Your Own GAN".
+
+Pure rules, each a small function with table tests (tests/test_balance.py):
+
+- `margin_rule`: the blog's skip rule. From one D forward pass of the batch, with
+  err_R = BCE(D(real), 1) and err_F = BCE(D(fake), 0): D's update is skipped when it is
+  already too good (err_R or err_F below the margin), G's when D is too bad (err_R or
+  err_F above 1 - margin); when both would be skipped, both update.
+- `l2_step`: the blog's adaptive weight decay on D: its coefficient rises by 1e-5 while
+  G's loss is above 1.3 (D winning), falls by 1e-5 below 0.9, never below 0.
+- `rmsprop_lr`: the blog's RMSProp warm-up: lr / 50 for the first 10 updates, lr / 5 until 30.
+- `label_targets`: soft real labels (0.9 instead of 1), optional jitter, random flips.
+
+`Tricks` holds the options and the state they carry across iterations (the L2 coefficient,
+update and skip counts), which checkpoints keep so that a resumed run continues exactly.
+`Tricks()` is the tutorial's plain GAN: train.train_iteration then computes exactly what it
+computes without tricks.
+
+Example:
+    tricks = Tricks(balance="margin", margin=0.3, optimizer="rmsprop")
+    stats = train.train_iteration(G, D, opt_G, opt_D, real, 100, tricks=tricks)
+"""
+from dataclasses import asdict, dataclass
+
+import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
+import paddle
+
+BALANCES = ("none", "margin", "l2")
+OPTIMIZERS = ("adam", "rmsprop")
+L2_STEP, L2_UP, L2_DOWN = 1e-5, 1.3, 0.9      # the blog's adaptive weight decay
+WARMUP = ((10, 50.0), (30, 5.0))              # (until this many updates, divide lr by)
+
+
+def margin_rule(err_real, err_fake, margin):
+    """(update D, update G) by the blog's rule for one batch's D errors."""
+    update_d = not (err_fake < margin or err_real < margin)          # D already wins: let G catch up
+    update_g = not (err_fake > 1 - margin or err_real > 1 - margin)  # D is lost: G learns nothing from it
+    if not update_d and not update_g:
+        return True, True
+    return update_d, update_g
+
+
+def l2_step(coef, loss_g):
+    """The next L2 coefficient of D's weights after an iteration whose G loss was `loss_g`."""
+    if loss_g > L2_UP:
+        coef += L2_STEP
+    elif loss_g < L2_DOWN:
+        coef -= L2_STEP
+    return max(0.0, coef)
+
+
+def rmsprop_lr(lr, updates):
+    """The learning rate of an optimizer's next update after `updates` of them, with the blog's warm-up."""
+    for until, divide in WARMUP:
+        if updates < until:
+            return lr / divide
+    return lr
+
+
+def label_targets(like, label, jitter=0.0, flip=0.0):
+    """BCE targets shaped like `like`: `label` (1 for real, 0 for fake), soft, jittered, flipped.
+
+    A real label below 1 (say 0.9) is the one-sided soft label; `jitter` draws each target
+    uniformly within +-jitter of it (clipped to [0, 1]); `flip` swaps a target with 1 - target
+    with that probability. Random draws come from Paddle's generator, so runs repeat and resume.
+    """
+    t = paddle.full_like(like, label)
+    if jitter:
+        t = paddle.clip(t + paddle.uniform(like.shape, min=-jitter, max=jitter), 0.0, 1.0)
+    if flip:
+        flipped = paddle.rand(like.shape) < flip
+        t = paddle.where(flipped, 1.0 - t, t)
+    return t
+
+
+@dataclass
+class Tricks:
+    """Balancing options and their running state; Tricks() is the plain GAN."""
+    balance: str = "none"        # none, margin or l2
+    margin: float = 0.3          # the skip rule's margin
+    optimizer: str = "adam"      # adam or rmsprop (with the blog's warm-up)
+    lr: float = 2e-4             # base learning rate (for the RMSProp warm-up)
+    real_label: float = 1.0      # target for real images in D's loss (0.9: soft labels)
+    label_jitter: float = 0.0    # +- uniform noise on the real and fake targets
+    flip_labels: float = 0.0     # probability of swapping a target
+    # state, kept in checkpoints
+    coef_l2: float = 0.0
+    d_updates: int = 0
+    g_updates: int = 0
+    d_skips: int = 0
+    g_skips: int = 0
+
+    @property
+    def plain(self):
+        """The tutorial's GAN: Adam, no balancing, no label tricks."""
+        return self.balance == "none" and self.optimizer == "adam" and self.plain_labels
+
+    @property
+    def plain_labels(self):
+        return self.real_label == 1.0 and not self.label_jitter and not self.flip_labels
+
+    def targets(self, logits_real, logits_fake):
+        """D's BCE targets for a real and a fake batch of logits."""
+        if self.plain_labels:
+            return paddle.ones_like(logits_real), paddle.zeros_like(logits_fake)
+        return (label_targets(logits_real, self.real_label, self.label_jitter, self.flip_labels),
+                label_targets(logits_fake, 0.0, self.label_jitter, self.flip_labels))
+
+    def decide(self, err_real, err_fake):
+        """(update D, update G) for this iteration, counting skips."""
+        update_d, update_g = margin_rule(err_real, err_fake, self.margin) if self.balance == "margin" else (True, True)
+        self.d_skips += not update_d
+        self.g_skips += not update_g
+        return update_d, update_g
+
+    def penalty(self, D):
+        """coefL2 * ||theta_D||^2 / 2 for D's loss, or None."""
+        if self.balance != "l2" or self.coef_l2 == 0.0:
+            return None
+        return self.coef_l2 * paddle.add_n([(p * p).sum() for p in D.parameters() if p.trainable]) / 2
+
+    def step(self, opt, net):
+        """opt.step() with the warm-up learning rate; `net` is 'D' or 'G'."""
+        count = f"{net.lower()}_updates"
+        if self.optimizer == "rmsprop":
+            opt.set_lr(rmsprop_lr(self.lr, getattr(self, count)))
+        opt.step()
+        setattr(self, count, getattr(self, count) + 1)
+
+    def after(self, loss_g):
+        """End of an iteration whose G loss was `loss_g`: the L2 coefficient follows it."""
+        if self.balance == "l2":
+            self.coef_l2 = l2_step(self.coef_l2, loss_g)
+
+    def state(self):
+        return asdict(self)
+
+
+def make_optimizer(name, lr, beta1, beta2, parameters):
+    """The tutorial's Adam, or the blog's RMSProp (decay 0.9; its warm-up is Tricks.step's)."""
+    if name == "rmsprop":
+        return paddle.optimizer.RMSProp(learning_rate=lr, rho=0.9, epsilon=1e-8, parameters=parameters)
+    return paddle.optimizer.Adam(learning_rate=lr, beta1=beta1, beta2=beta2, parameters=parameters)
