@@ -230,24 +230,38 @@ class EpochBatchSampler:
     """
 
     def __init__(self, n, batch_size, epoch_images=None, shuffle=True, flip=False,
-                 drop_last=True, seed=0, rank=0, replicas=1):
+                 drop_last=True, seed=0, rank=0, replicas=1, batch_size_at=None):
         self.n, self.batch_size = n, batch_size
         self.epoch_images = epoch_images or n
         self.shuffle, self.flip, self.drop_last, self.seed = shuffle, flip, drop_last, seed
         self.rank, self.replicas = rank, replicas
-        self.epoch, self.start, self.order = 0, 0, None
+        self.batch_size_at = batch_size_at  # images shown before a batch -> its size per process (progressive GANs)
+        self.epoch, self.start, self.order, self.shown = 0, 0, None, 0
 
-    def set_epoch(self, epoch, start=0, order=None):
+    def set_epoch(self, epoch, start=0, order=None, shown=0):
         """Choose which epoch's order the next iteration yields, from batch `start`.
 
-        `order` replaces the computed order (a resumed run passes the one its checkpoint holds).
+        `order` replaces the computed order (a resumed run passes the one its checkpoint holds);
+        `shown` is the number of images all epochs before this one showed (for batch_size_at).
         """
-        self.epoch, self.start = epoch, start
+        self.epoch, self.start, self.shown = epoch, start, shown
         self.order = None if order is None else np.asarray(order)
 
+    def _sizes(self):
+        """Per-process batch sizes of this epoch, in order (the last partial batch dropped)."""
+        if self.batch_size_at is None:
+            full, rest = divmod(self.epoch_images, self.batch_size * self.replicas)
+            return [self.batch_size] * full + ([] if self.drop_last or rest == 0 else [rest // self.replicas])
+        sizes, pos = [], 0
+        while True:
+            size = self.batch_size_at(self.shown + pos)
+            if pos + size * self.replicas > self.epoch_images:
+                return sizes
+            sizes.append(size)
+            pos += size * self.replicas
+
     def __len__(self):
-        full, rest = divmod(self.epoch_images, self.batch_size * self.replicas)
-        return full if self.drop_last or rest == 0 else full + 1
+        return len(self._sizes())
 
     def epoch_order(self):
         """All indices of the current epoch, in the order they are shown (by all processes together)."""
@@ -262,10 +276,11 @@ class EpochBatchSampler:
         return order
 
     def __iter__(self):
-        order, step = self.epoch_order(), self.batch_size * self.replicas
-        for b in range(self.start, len(self)):
-            mine = order[b * step:(b + 1) * step][self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-            yield mine.tolist()
+        order, pos = self.epoch_order(), 0
+        for b, size in enumerate(self._sizes()):
+            if b >= self.start:
+                yield order[pos + self.rank * size:pos + (self.rank + 1) * size].tolist()
+            pos += size * self.replicas
 
 
 class BatchLoader:
@@ -304,7 +319,7 @@ class _Indices(paddle.io.Dataset):
 
 
 def make_loader(dataset, batch_size, shuffle=True, drop_last=True, flip=False,
-                epoch_images=None, seed=0, num_workers=0, rank=0, replicas=1):
+                epoch_images=None, seed=0, num_workers=0, rank=0, replicas=1, batch_size_at=None):
     """Iterable of float32 N x 3 x H x W tensor batches; call loader.batch_sampler.set_epoch(e).
 
     num_workers=0 reads in the calling thread; more use Paddle's DataLoader processes, for
@@ -312,7 +327,7 @@ def make_loader(dataset, batch_size, shuffle=True, drop_last=True, flip=False,
     """
     sampler = EpochBatchSampler(len(dataset), batch_size, epoch_images=epoch_images,
                                 shuffle=shuffle, flip=flip, drop_last=drop_last, seed=seed,
-                                rank=rank, replicas=replicas)
+                                rank=rank, replicas=replicas, batch_size_at=batch_size_at)
     if num_workers == 0:
         return BatchLoader(dataset, sampler)
     return paddle.io.DataLoader(_Indices(2 * len(dataset)), batch_sampler=sampler,

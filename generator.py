@@ -47,6 +47,11 @@ class GenerateConfig:
 
 
 EXPORT_DIR = "generator_export"   # beside the checkpoint
+# Architectures Paddle Inference 3.3 runs with oneDNN. The others generate in eager mode: the
+# Torch blog's G stops at its nearest-neighbour upsampling ("ConvertPirAttribute2RuntimeAttribute
+# not support"), and building a predictor for the PG-GAN generator crashes the process (a
+# segfault, which no exception handler sees).
+INFERENCE_ARCHS = ("dcgan",)
 def load_generator(path):
     """(G in inference mode, checkpoint dict) rebuilt from the checkpoint at `path` alone."""
     state = load_checkpoint(path, formats=READABLE)
@@ -54,10 +59,14 @@ def load_generator(path):
         G = network.build_generator(state["arch"], state["arch_args"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} describes a generator this version cannot build ({e})")
-    missing, unexpected = G.set_state_dict(state["G"])
+    weights = state.get("G_ema", state["G"])  # a progressive GAN draws with G's moving average
+    missing, unexpected = G.set_state_dict(weights)
     if missing or unexpected:
         raise CheckpointError(f"{path} does not match its {state['arch']} generator "
                               f"(missing {len(missing)}, unexpected {len(unexpected)} weights)")
+    stage = state.get("method", {}).get("stage")
+    if stage is not None:  # a progressive GAN mid-training draws at its current resolution
+        G.set_stage(int(stage["res"]), float(stage["alpha"]))
     G.eval()
     return G, state
 
@@ -69,9 +78,11 @@ def generate(G, num, seed, forward=None):
     """
     forward = forward or (lambda z: sample(G, z))
     z = np.random.default_rng(seed).standard_normal((num, G.args["z_dim"])).astype(np.float32)
-    return np.concatenate([forward(z[i:i + BATCH])
-                           for i in tqdm(range(0, num, BATCH), desc="generate", unit="batch",
-                                         disable=num <= BATCH, leave=False)])
+    faces = np.concatenate([forward(z[i:i + BATCH])
+                            for i in tqdm(range(0, num, BATCH), desc="generate", unit="batch",
+                                          disable=num <= BATCH, leave=False)])
+    factor = G.args["size"] // faces.shape[1]  # a progressive G below its final size: shown upsampled
+    return faces.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else faces
 
 
 # ----------------------------------------------------------------------------- fast path
@@ -180,8 +191,11 @@ def main(argv=None):
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     if cfg.engine == "inference" and device != "cpu":
         parser.exit(2, f"{parser.prog}: error: --engine inference runs on the CPU; add --device cpu\n")
+    if cfg.engine == "inference" and state["arch"] not in INFERENCE_ARCHS:
+        parser.exit(2, f"{parser.prog}: error: --engine inference does not run --arch {state['arch']} "
+                       f"(Paddle Inference crashes building it); use --engine dygraph\n")
     forward, engine = None, "dygraph"
-    if cfg.engine == "inference" or (cfg.engine == "auto" and device == "cpu"):
+    if cfg.engine == "inference" or (cfg.engine == "auto" and device == "cpu" and state["arch"] in INFERENCE_ARCHS):
         try:
             forward = fast_generator(G, cfg.checkpoint)
             engine = "Paddle Inference, oneDNN, " + ("bfloat16" if forward.bf16 else "float32")

@@ -13,6 +13,10 @@ torchblog (the 2015 Torch blog "Generating Faces with Torch"): G upsamples with 
 neighbours and 5x5 convolutions (upsample_block), D max-pools with dropout and no BatchNorm
 (pool_block); the same interface as DCGAN.
 
+pggan (Karras et al. 2018): equalized-learning-rate convolutions and dense layers, pixel
+norm, minibatch stddev, to-RGB / from-RGB per resolution, nearest upsampling and average
+pooling; `set_stage(res, alpha)` chooses the resolution and fade (progressive.py schedules it).
+
 Example:
     python -c "import network; G, D = network.build('dcgan', size=64); print(G)"
 """
@@ -21,6 +25,8 @@ import warnings
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle
 import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle.nn.initializer import Constant, Normal
 
 from weightInit import dcgan_init
 
@@ -191,11 +197,173 @@ class TorchBlogDiscriminator(nn.Layer):
         return self.head(self.main(x).flatten(1)).flatten()          # -> [N] logits
 
 
+# ----------------------------------------------------------------------------- progressive growing (PG-GAN)
+
+class EqualizedConv2D(nn.Layer):
+    """Conv (stride 1, same padding) with equalized learning rate: weights N(0, 1), scaled at run time.
+
+    The scale gain / sqrt(fan_in) is applied in every forward pass instead of at
+    initialisation, so Adam's per-parameter step sizes treat every layer alike (Karras et al. 2018).
+    """
+
+    def __init__(self, in_ch, out_ch, kernel=3, gain=2 ** 0.5):
+        super().__init__()
+        self.scale = gain / (in_ch * kernel * kernel) ** 0.5
+        self.padding = kernel // 2
+        self.weight = self.create_parameter([out_ch, in_ch, kernel, kernel], default_initializer=Normal(0.0, 1.0))
+        self.bias = self.create_parameter([out_ch], is_bias=True, default_initializer=Constant(0.0))
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+class EqualizedLinear(nn.Layer):
+    """Dense layer with equalized learning rate (see EqualizedConv2D)."""
+
+    def __init__(self, in_features, out_features, gain=2 ** 0.5):
+        super().__init__()
+        self.scale = gain / in_features ** 0.5
+        self.weight = self.create_parameter([in_features, out_features], default_initializer=Normal(0.0, 1.0))
+        self.bias = self.create_parameter([out_features], is_bias=True, default_initializer=Constant(0.0))
+
+    def forward(self, x):
+        return paddle.matmul(x, self.weight * self.scale) + self.bias
+
+
+def pixel_norm(x, eps=1e-8):
+    """Each pixel's feature vector scaled to unit root-mean-square over the channels (axis 1)."""
+    return x * paddle.rsqrt((x * x).mean(axis=1, keepdim=True) + eps)
+
+
+def minibatch_stddev(x, group=4):
+    """x with one more channel: the standard deviation over groups of `group` images, averaged to one value.
+
+    As the official code: the batch is split into groups of min(group, N) images (N must be a
+    multiple), each feature's std over a group is averaged over features and pixels, and that
+    value fills the extra channel of the group's images.
+    """
+    n, c, h, w = x.shape
+    g = min(group, n)
+    y = x.reshape([g, -1, c, h, w])                        # [G, M, C, H, W]: image i is in group i % M
+    y = y - y.mean(axis=0, keepdim=True)
+    std = paddle.sqrt((y * y).mean(axis=0) + 1e-8)         # [M, C, H, W]
+    s = std.mean(axis=[1, 2, 3])                           # [M]
+    s = paddle.tile(s.reshape([1, -1, 1, 1, 1]), [g, 1, 1, h, w]).reshape([n, 1, h, w])
+    return paddle.concat([x, s], axis=1)
+
+
+def upsample(x):
+    """Nearest-neighbour upsampling x2."""
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def downsample(x):
+    """2x2 average pooling."""
+    return F.avg_pool2d(x, 2)
+
+
+def pggan_channels(size, fmap_base, fmap_max):
+    """{resolution: channels}, nf(res) = min(fmap_base / res, fmap_max), from 4 to `size`."""
+    check_size(size, smallest=4)
+    return {r: max(1, min(fmap_base // r, fmap_max)) for r in (2 ** k for k in range(2, size.bit_length()))}
+
+
+class PGGANGenerator(nn.Layer):
+    """Progressive G: z pixel-normed -> dense 4x4 -> conv3x3, then per resolution upsample, conv3x3 x 2.
+
+    LeakyReLU 0.2 and pixel norm after every conv, a 1x1 to-RGB per resolution (linear output,
+    as the official code). `set_stage(res, alpha)` picks the resolution it draws at; during a
+    fade (alpha < 1) the output is lerp(upsample(to_rgb_old(prev)), to_rgb_new(new), alpha).
+    """
+
+    def __init__(self, size=32, z_dim=512, fmap_base=512, fmap_max=64):
+        super().__init__()
+        self.args = dict(size=size, z_dim=z_dim, fmap_base=fmap_base, fmap_max=fmap_max)
+        self.nf = pggan_channels(size, fmap_base, fmap_max)
+        nf4 = self.nf[4]
+        self.dense = EqualizedLinear(z_dim, nf4 * 16, gain=2 ** 0.5 / 4)  # the official gain for this layer
+        self.blocks = nn.LayerDict({"4": EqualizedConv2D(nf4, nf4)})
+        self.to_rgb = nn.LayerDict({"4": EqualizedConv2D(nf4, 3, kernel=1, gain=1.0)})
+        for r in list(self.nf)[1:]:
+            self.blocks[str(r)] = nn.LayerList([EqualizedConv2D(self.nf[r // 2], self.nf[r]),
+                                                EqualizedConv2D(self.nf[r], self.nf[r])])
+            self.to_rgb[str(r)] = EqualizedConv2D(self.nf[r], 3, kernel=1, gain=1.0)
+        self.res, self.alpha = size, 1.0
+
+    def set_stage(self, res, alpha=1.0):
+        if res not in self.nf:
+            raise ValueError(f"resolution {res} is not one of {list(self.nf)}")
+        self.res, self.alpha = res, float(alpha)
+
+    @staticmethod
+    def _act(x):
+        return pixel_norm(F.leaky_relu(x, 0.2))
+
+    def forward(self, z):
+        x = self.dense(pixel_norm(z.reshape([-1, self.args["z_dim"]])))
+        x = self._act(x.reshape([-1, self.nf[4], 4, 4]))
+        x = self._act(self.blocks["4"](x))
+        prev = None
+        r = 4
+        while r < self.res:
+            prev, r = x, 2 * r
+            x = upsample(x)
+            for conv in self.blocks[str(r)]:
+                x = self._act(conv(x))
+        rgb = self.to_rgb[str(r)](x)
+        if self.alpha < 1.0 and prev is not None:
+            old = upsample(self.to_rgb[str(r // 2)](prev))
+            rgb = old + (rgb - old) * self.alpha
+        return rgb
+
+
+class PGGANDiscriminator(nn.Layer):
+    """Progressive D mirroring G: 1x1 from-RGB, per resolution conv3x3 x 2 + average pool, and at 4x4
+    minibatch stddev, conv3x3, dense, dense -> 1 (gain 1). During a fade its input side mirrors
+    G's: lerp(from_rgb_old(avgpool(x)), block(from_rgb_new(x)), alpha).
+    """
+
+    def __init__(self, size=32, z_dim=512, fmap_base=512, fmap_max=64):
+        super().__init__()
+        self.args = dict(size=size, z_dim=z_dim, fmap_base=fmap_base, fmap_max=fmap_max)
+        self.nf = pggan_channels(size, fmap_base, fmap_max)
+        nf4 = self.nf[4]
+        self.from_rgb = nn.LayerDict({str(r): EqualizedConv2D(3, self.nf[r], kernel=1) for r in self.nf})
+        self.blocks = nn.LayerDict({str(r): nn.LayerList([EqualizedConv2D(self.nf[r], self.nf[r]),
+                                                          EqualizedConv2D(self.nf[r], self.nf[r // 2])])
+                                    for r in list(self.nf)[1:]})
+        self.final_conv = EqualizedConv2D(nf4 + 1, nf4)
+        self.dense = EqualizedLinear(nf4 * 16, nf4)
+        self.out = EqualizedLinear(nf4, 1, gain=1.0)
+        self.res, self.alpha = size, 1.0
+
+    def set_stage(self, res, alpha=1.0):
+        if res not in self.nf:
+            raise ValueError(f"resolution {res} is not one of {list(self.nf)}")
+        self.res, self.alpha = res, float(alpha)
+
+    def forward(self, img):
+        r = img.shape[-1]
+        x = F.leaky_relu(self.from_rgb[str(r)](img), 0.2)
+        while r > 4:
+            for conv in self.blocks[str(r)]:
+                x = F.leaky_relu(conv(x), 0.2)
+            x = downsample(x)
+            if r == self.res and self.alpha < 1.0:
+                old = F.leaky_relu(self.from_rgb[str(r // 2)](downsample(img)), 0.2)
+                x = old + (x - old) * self.alpha
+            r //= 2
+        x = F.leaky_relu(self.final_conv(minibatch_stddev(x)), 0.2)
+        x = F.leaky_relu(self.dense(x.reshape([x.shape[0], -1])), 0.2)  # reshape: flatten has no second derivative
+        return self.out(x).reshape([-1])                            # -> [N] scores (WGAN: not logits)
+
+
 # ----------------------------------------------------------------------------- registry
 
 ARCHITECTURES = {
     "dcgan": (DCGANGenerator, DCGANDiscriminator),
     "torchblog": (TorchBlogGenerator, TorchBlogDiscriminator),
+    "pggan": (PGGANGenerator, PGGANDiscriminator),
 }
 
 

@@ -1,4 +1,4 @@
-"""Train a face GAN (the tutorial's DCGAN or the Torch blog's) on a dataset from pretreat.py; stop and resume.
+"""Train a face GAN (the tutorial's DCGAN, the Torch blog's, PG-GAN) on a dataset from pretreat.py.
 
 One iteration = one real batch: D is updated on real and fake together (--d-steps times),
 then G is updated --g-steps times (the tutorial's 1:2). Writes to --out:
@@ -35,6 +35,7 @@ Examples:
     python -m paddle.distributed.launch --nproc_per_node 2 train.py --epochs 8
     python train.py --arch torchblog --balance margin --optimizer rmsprop --out runs/blog   # the Torch blog
     python train.py --real-label 0.9 --flip-labels 0.05 --balance l2 --out runs/tricks
+    python train.py --arch pggan --size 32 --out runs/pggan      # progressive growing, 4 -> 32
 """
 import argparse
 import contextlib
@@ -60,6 +61,7 @@ import checkpoint  # noqa: E402
 import evaluate  # noqa: E402  (its metrics only; it imports generator and train lazily)
 import faststep  # noqa: E402
 import network  # noqa: E402
+import progressive  # noqa: E402
 from balance import BALANCES, OPTIMIZERS, Tricks, make_optimizer  # noqa: E402
 
 SAMPLE_COUNT = 64  # fixed-noise faces per sample grid
@@ -76,12 +78,12 @@ class TrainConfig:
     batch_size: int = None          # None: 128, the tutorial's (64 on the LFW faces)
     epoch_images: int = None        # images per epoch; None: the dataset once (6,400 on the LFW faces)
     width: int = None               # channels next to the image, ngf = ndf; None: 64 (32 on LFW)
-    z_dim: int = 100                # latent size
+    z_dim: int = None               # latent size; None: 100 (512 for pggan, the official)
     lr: float = None                # learning rate of both networks; None: Adam 2e-4 (Radford et al.), RMSProp 1e-3
-    beta1: float = 0.5              # Adam beta1; 0.5 steadies GAN training
-    beta2: float = 0.999            # Adam beta2
-    d_steps: int = 1                # D updates per iteration (real and fake in one step)
-    g_steps: int = 2                # G updates per iteration; the tutorial's 2 keeps D from winning
+    beta1: float = None             # Adam beta1; None: 0.5, which steadies GAN training (pggan: 0)
+    beta2: float = None             # Adam beta2; None: 0.999 (pggan: 0.99)
+    d_steps: int = None             # D updates per iteration; None: 1
+    g_steps: int = None             # G updates per iteration; None: the tutorial's 2 (pggan: 1)
     flip: bool = None               # mirror half the images; None: off (on for the LFW faces)
     seed: int = 0                   # seeds weights, noise and data order
     device: str = "auto"            # auto: the GPU when paddlepaddle-gpu sees one, else the CPU
@@ -99,6 +101,10 @@ class TrainConfig:
     real_label: float = 1.0         # D's target for real images; 0.9: one-sided soft labels
     label_jitter: float = 0.0       # +- uniform noise on D's targets
     flip_labels: float = 0.0        # probability of swapping a real/fake target in D's loss
+    phase_kimg: float = None        # pggan: thousands of images per fade-in and per stabilisation phase
+    batch_sizes: str = None         # pggan: batch size per resolution, "4:64,8:64,16:32,32:32,64:16"
+    fmap_base: int = 512            # pggan: channels per resolution nf(res) = min(fmap_base / res, fmap_max)
+    fmap_max: int = 64              # pggan: (official: 8192 and 512; these are CPU-sized)
 
 
 # Where the dataset is the 100 embedded faces: small enough to train in minutes on a CPU.
@@ -109,12 +115,41 @@ TUTORIAL_DEFAULTS = dict(batch_size=128, epoch_images=None, width=64, flip=False
 def resolve_defaults(cfg, manifest):
     """`cfg` with its None fields filled for this dataset: the LFW demo's or the tutorial's."""
     defaults = EMBEDDED_DEFAULTS if manifest.get("embedded") else TUTORIAL_DEFAULTS
-    filled = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
+    unused = ("width", "batch_size") if cfg.arch == "pggan" else ()   # pggan: --fmap-*, --batch-sizes
+    filled = {k: v for k, v in defaults.items() if getattr(cfg, k) is None and k not in unused}
     if filled.get("epoch_images", 0) is None:
         filled["epoch_images"] = manifest["count"]
-    if cfg.lr is None:
-        filled["lr"] = 1e-3 if cfg.optimizer == "rmsprop" else 2e-4
+    pggan = cfg.arch == "pggan"
+    recipe = dict(z_dim=512 if pggan else 100, beta1=0.0 if pggan else 0.5, beta2=0.99 if pggan else 0.999,
+                  d_steps=1, g_steps=1 if pggan else 2, lr=1e-3 if pggan or cfg.optimizer == "rmsprop" else 2e-4,
+                  batch_sizes=PGGAN_BATCH_SIZES if pggan else None)
+    filled.update({k: v for k, v in recipe.items() if getattr(cfg, k) is None})
+    if pggan and cfg.phase_kimg is None:  # one phase per epoch on the LFW faces
+        filled["phase_kimg"] = (cfg.epoch_images or filled["epoch_images"]) / 1000 if manifest.get("embedded") else 100
     return replace(cfg, **filled)
+
+
+PGGAN_BATCH_SIZES = "4:64,8:64,16:32,32:32,64:16"
+PGGAN_ONLY = ("phase_kimg", "batch_sizes")                      # settings of --arch pggan alone
+NOT_PGGAN = ("width", "batch_size", "balance", "optimizer", "margin", "real_label", "label_jitter", "flip_labels")
+
+
+def check_arch_settings(cfg, explicit=None):
+    """ConfigError for a setting given that the chosen architecture does not use (no silent ignoring)."""
+    given = {f.name for f in fields(TrainConfig)} if explicit is None else explicit
+    defaults = TrainConfig()
+    changed = {k for k in given if getattr(cfg, k) != getattr(defaults, k)}
+    if cfg.arch == "pggan":
+        wrong = [k for k in NOT_PGGAN if k in changed]
+        if (cfg.d_steps, cfg.g_steps) not in ((None, None), (1, 1)):
+            wrong.append("d_steps/g_steps")
+        hint = "pggan follows the official recipe (WGAN-GP, Adam, one D step per G step, --batch-sizes)"
+    else:
+        wrong = [k for k in PGGAN_ONLY + ("fmap_base", "fmap_max") if k in changed]
+        hint = f"only --arch pggan uses them"
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise ConfigError(f"{flags} does not apply to --arch {cfg.arch}: {hint}")
 
 
 class ConfigError(Exception):
@@ -266,7 +301,7 @@ def prune_snapshots(folder, keep):
 # Settings that shape the trajectory of a run: a resumed run keeps the checkpoint's values.
 TRAJECTORY = ("arch", "size", "batch_size", "epoch_images", "width", "z_dim", "lr", "beta1", "beta2",
               "d_steps", "g_steps", "flip", "seed", "optimizer", "balance", "margin", "real_label", "label_jitter",
-              "flip_labels")
+              "flip_labels", "phase_kimg", "batch_sizes", "fmap_base", "fmap_max")
 
 
 def resume_config(cfg, state, explicit, path):
@@ -469,41 +504,70 @@ def train(cfg, progress=True, explicit=None):
         if cfg.arch not in network.ARCHITECTURES:
             raise ConfigError(f"{resume_from} holds a {cfg.arch!r} network, which this version cannot build: "
                               "use another --out, or --resume never to start over here")
+    check_arch_settings(cfg, explicit)
     cfg = resolve_defaults(cfg, dataset.manifest)
     if cfg.size is None:
         cfg = replace(cfg, size=dataset.size)
     device = select_device(cfg.device)
-    if cfg.batch_size * procs.world > len(dataset):
-        raise ConfigError(f"--batch-size {cfg.batch_size}{f' x {procs.world} processes' if procs.world > 1 else ''} "
+    pggan = cfg.arch == "pggan"
+    batch_size_at = None
+    if pggan:
+        try:
+            table = progressive.parse_batch_sizes(cfg.batch_sizes)
+            sizes = {r: progressive.batch_size(table, r) for r in network.pggan_channels(dataset.size, 1, 1)}
+        except ValueError as e:
+            raise ConfigError(f"--batch-sizes {cfg.batch_sizes}: {e}") from None
+        if any(b % 4 and b > 4 for b in sizes.values()):
+            raise ConfigError(f"--batch-sizes {cfg.batch_sizes}: minibatch stddev takes groups of 4 images, "
+                              "so each batch must be a multiple of 4")
+        phase_images = max(1, round(cfg.phase_kimg * 1000))
+        batch_size_at = lambda shown: sizes[progressive.stage(shown, phase_images, dataset.size)[0]]  # noqa: E731
+    largest = max(sizes.values()) if pggan else cfg.batch_size
+    if largest * procs.world > len(dataset):
+        flag = "--batch-sizes" if pggan else "--batch-size"
+        raise ConfigError(f"{flag} {largest}{f' x {procs.world} processes' if procs.world > 1 else ''} "
                           f"is more than the {len(dataset)} images of {cfg.data}: lower it")
-    loader = make_loader(dataset, cfg.batch_size, flip=cfg.flip, epoch_images=cfg.epoch_images, seed=cfg.seed,
-                         num_workers=cfg.num_workers, rank=procs.rank, replicas=procs.world)
-    per_epoch = len(loader.batch_sampler)
-    if per_epoch == 0:
-        raise ConfigError(f"an epoch of {cfg.epoch_images} images holds no batch of {cfg.batch_size * procs.world}: "
-                         "lower --batch-size or raise --epoch-images")
+    loader = make_loader(dataset, cfg.batch_size or largest, flip=cfg.flip, epoch_images=cfg.epoch_images,
+                         seed=cfg.seed, num_workers=cfg.num_workers, rank=procs.rank, replicas=procs.world,
+                         batch_size_at=batch_size_at)
+
+    def epoch_length(e, shown):
+        loader.batch_sampler.set_epoch(e - 1, shown=shown)
+        return len(loader.batch_sampler)
+
+    if epoch_length(1, 0) == 0:
+        raise ConfigError(f"an epoch of {cfg.epoch_images} images holds no batch of {largest * procs.world}: "
+                         "lower the batch size or raise --epoch-images")
 
     # --- networks, optimizers, fixed noise (all replaced by the checkpoint's when resuming)
     paddle.seed(cfg.seed)
-    G, D = network.build(cfg.arch, size=dataset.size, z_dim=cfg.z_dim, width=cfg.width)
+    arch_args = (dict(size=dataset.size, z_dim=cfg.z_dim, fmap_base=cfg.fmap_base, fmap_max=cfg.fmap_max) if pggan
+                 else dict(size=dataset.size, z_dim=cfg.z_dim, width=cfg.width))
+    G, D = network.build(cfg.arch, **arch_args)
+    G_ema = network.build_generator(cfg.arch, arch_args) if pggan else None  # G's moving average
+    if G_ema is not None:
+        G_ema.set_state_dict(G.state_dict())
     opt_G = make_optimizer(cfg.optimizer, cfg.lr, cfg.beta1, cfg.beta2, G.parameters())
     opt_D = make_optimizer(cfg.optimizer, cfg.lr, cfg.beta1, cfg.beta2, D.parameters())
     tricks = Tricks(balance=cfg.balance, margin=cfg.margin, optimizer=cfg.optimizer, lr=cfg.lr,
                     real_label=cfg.real_label, label_jitter=cfg.label_jitter, flip_labels=cfg.flip_labels)
     fixed_z = np.random.default_rng(cfg.seed).standard_normal((SAMPLE_COUNT, cfg.z_dim)).astype(np.float32)
-    epoch, batch, iteration, images_seen = 1, 0, 0, 0
+    epoch, batch, iteration, images_seen, epoch_shown = 1, 0, 0, 0, 0
     if state is not None:
         check_compatible(state, cfg.arch, G.args, dataset, resume_from)
         G.set_state_dict(state["G"])
         D.set_state_dict(state["D"])
+        if G_ema is not None:
+            G_ema.set_state_dict(state["G_ema"])
         checkpoint.set_optimizer_state(opt_G, G, state["opt_G"])
         checkpoint.set_optimizer_state(opt_D, D, state["opt_D"])
         fixed_z = state["fixed_z"]
         tricks = Tricks(**{**tricks.state(), **{k: v for k, v in state["method"].items()
                                                 if k in ("coef_l2", "d_updates", "g_updates", "d_skips", "g_skips")}})
         epoch, batch, iteration, images_seen = state["epoch"], state["batch"], state["iteration"], state["images_seen"]
-    if batch == per_epoch:
-        epoch, batch = epoch + 1, 0
+        epoch_shown = state["epoch_shown"]
+    if batch == epoch_length(epoch, epoch_shown):
+        epoch, batch, epoch_shown = epoch + 1, 0, images_seen
     if epoch > cfg.epochs:
         print(f"{resume_from} has finished {epoch - 1} epochs (iteration {iteration}); "
               f"ask for more with --epochs N", file=sys.stderr)
@@ -535,9 +599,11 @@ def train(cfg, progress=True, explicit=None):
         what = f"resuming {resume_from} at epoch {epoch}, iteration {iteration}" if state is not None else "training"
         print(f"{what}: {cfg.arch} {dataset.size}x{dataset.size} on {len(dataset)} images from "
               f"{dataset.manifest['source']} ({device}, {path} step"
-              f"{f', {procs.world} processes' if procs.world > 1 else ''}); batch {cfg.batch_size}, "
-              f"{per_epoch} iterations per epoch, width {cfg.width}, G {network.count_parameters(G):,} and D "
-              f"{network.count_parameters(D):,} parameters", file=sys.stderr)
+              f"{f', {procs.world} processes' if procs.world > 1 else ''}); "
+              + (f"batches {cfg.batch_sizes}, {cfg.phase_kimg:g}k images per phase, channels "
+                 f"{'/'.join(str(c) for c in G.nf.values())}" if pggan else f"batch {cfg.batch_size}, width {cfg.width}")
+              + f", G {network.count_parameters(G):,} and D {network.count_parameters(D):,} parameters",
+              file=sys.stderr)
     history = [r for r in records if "loss_D" in r]
     eval_history = [r for r in records if "swd_x1e3" in r]
 
@@ -550,9 +616,17 @@ def train(cfg, progress=True, explicit=None):
         eval_real = dataset.get_uint8(np.sort(np.random.default_rng(cfg.seed).permutation(len(dataset))[:n_eval]))
         eval_z = np.random.default_rng([cfg.seed, 1]).standard_normal((n_eval, cfg.z_dim)).astype(np.float32)
 
+    shown_G = G_ema if pggan else G  # the network samples and evaluations draw with
+
+    def faces(z):
+        """uint8 faces of shown_G at its current resolution, upsampled to the dataset's for comparison."""
+        images = sample(shown_G, z)
+        factor = dataset.size // images.shape[1]
+        return images.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else images
+
     def measure():
         sync()
-        per_size, mean = evaluate.swd(sample(G, eval_z), eval_real, seed=cfg.seed)
+        per_size, mean = evaluate.swd(faces(eval_z), eval_real, seed=cfg.seed)
         record = {"epoch": epoch, "iteration": iteration, "images": images_seen,
                   "swd_x1e3": round(mean, 3), "swd_x1e3_per_size": {s: round(v, 3) for s, v in per_size.items()}}
         eval_history.append(record)
@@ -562,8 +636,10 @@ def train(cfg, progress=True, explicit=None):
 
     def save_samples():
         sync()
-        name = os.path.join(samples_dir, f"epoch_{epoch:04d}_iter_{iteration:06d}.png")
-        write_png(name, make_grid(sample(G, fixed_z)), scale=grid_scale(dataset.size))
+        images = sample(shown_G, fixed_z)
+        res = f"_{images.shape[1]}px" if pggan else ""
+        name = os.path.join(samples_dir, f"epoch_{epoch:04d}_iter_{iteration:06d}{res}.png")
+        write_png(name, make_grid(images), scale=grid_scale(images.shape[1]))
 
     def save():
         """The whole training state, atomically, to checkpoint.pdparams (and a numbered snapshot with --keep)."""
@@ -574,12 +650,15 @@ def train(cfg, progress=True, explicit=None):
         state = {
             "format": checkpoint.FORMAT, "version": checkpoint.__version__,
             "arch": cfg.arch, "arch_args": G.args,
-            "G": G.state_dict(), "D": D.state_dict(),
+            "G": G.state_dict(), "D": D.state_dict(), **({"G_ema": G_ema.state_dict()} if pggan else {}),
             "opt_G": checkpoint.optimizer_state(opt_G, G), "opt_D": checkpoint.optimizer_state(opt_D, D),
             "rng": checkpoint.rng_state(),
             "epoch": epoch, "batch": batch, "iteration": iteration, "images_seen": images_seen,
+            "epoch_shown": epoch_shown,
             "order": loader.batch_sampler.epoch_order(),
-            "method": tricks.state(),  # balancing options and state (L2 coefficient, update and skip counts)
+            # balancing options and state (L2 coefficient, update and skip counts), or pggan's stage
+            "method": {"stage": dict(zip(("res", "alpha", "phase"), progressive.stage(
+                images_seen, phase_images, dataset.size)))} if pggan else tricks.state(),
             "fixed_z": fixed_z, "config": asdict(cfg),
             "dataset": {k: dataset.manifest[k] for k in ("source", "count", "size")},
         }
@@ -589,6 +668,16 @@ def train(cfg, progress=True, explicit=None):
             prune_snapshots(cfg.out, cfg.keep)
 
     def run(real):
+        nonlocal opt_G, opt_D, phase
+        if pggan:
+            res, alpha, now = progressive.stage(images_seen, phase_images, dataset.size)
+            if now != phase:  # a phase starts: fresh optimizer state, as the official code
+                opt_G = make_optimizer("adam", cfg.lr, cfg.beta1, cfg.beta2, G.parameters())
+                opt_D = make_optimizer("adam", cfg.lr, cfg.beta1, cfg.beta2, D.parameters())
+                phase = now
+            stats = progressive.iteration(G_run, D_run, G_ema, opt_G, opt_D, real, cfg.z_dim, res, alpha,
+                                          reduce=procs.reduce if procs.world > 1 else None)
+            return dict(stats, res=res, alpha=round(alpha, 4)), weight_checks(G, D)
         if fast is not None:
             stats = fast(real)
             return stats, [stats.pop("G_check"), stats.pop("D_check")]
@@ -599,7 +688,8 @@ def train(cfg, progress=True, explicit=None):
         return stats, weight_checks(G, D)
 
     # --- loop
-    interval, t_interval = [], time.perf_counter()
+    interval, interval_images, t_interval = [], 0, time.perf_counter()
+    phase = progressive.stage(images_seen, phase_images, dataset.size)[2] if pggan else None
     stop_hint = "resume with the same command (it continues from " + checkpoint_path + ")"
     with StopRequest() as stop, contextlib.ExitStack() as no_sync:
         if procs.world > 1:  # gradients are averaged by `reduce` after each backward, not by DataParallel's hooks
@@ -607,7 +697,8 @@ def train(cfg, progress=True, explicit=None):
             no_sync.enter_context(D_run.no_sync())
         for epoch in range(epoch, cfg.epochs + 1):
             order = state["order"] if state is not None and epoch == state["epoch"] and batch else None
-            loader.batch_sampler.set_epoch(epoch - 1, start=batch, order=order)
+            per_epoch = epoch_length(epoch, epoch_shown)
+            loader.batch_sampler.set_epoch(epoch - 1, start=batch, order=order, shown=epoch_shown)
             bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="it", initial=batch, total=per_epoch,
                        disable=not (progress and procs.main), leave=False)
             for real in bar:
@@ -624,18 +715,20 @@ def train(cfg, progress=True, explicit=None):
                 batch += 1
                 images_seen += real.shape[0] * procs.world
                 interval.append(stats)
+                interval_images += real.shape[0] * procs.world
 
                 if procs.main and iteration % cfg.log_every == 0:
                     elapsed = time.perf_counter() - t_interval
                     record = {"epoch": epoch, "iteration": iteration, "images": images_seen,
                               **{k: round(float(np.mean([s[k] for s in interval])), 5) for k in interval[0]},
-                              "d_skips": tricks.d_skips, "g_skips": tricks.g_skips, "coef_l2": tricks.coef_l2,
-                              "img_per_s": round(len(interval) * cfg.batch_size * procs.world / elapsed, 2)}
+                              **({"res": stats["res"], "alpha": stats["alpha"]} if pggan else
+                                 {"d_skips": tricks.d_skips, "g_skips": tricks.g_skips, "coef_l2": tricks.coef_l2}),
+                              "img_per_s": round(interval_images / elapsed, 2)}
                     history.append(record)
                     append_log(record)
                     bar.set_postfix(iter=iteration, loss_D=f"{record['loss_D']:.3f}",
                                     loss_G=f"{record['loss_G']:.3f}", img_s=f"{record['img_per_s']:.0f}")
-                    interval, t_interval = [], time.perf_counter()
+                    interval, interval_images, t_interval = [], 0, time.perf_counter()
                 if procs.main and iteration % cfg.sample_every == 0:
                     save_samples()
                 if procs.main and cfg.eval_every and iteration % cfg.eval_every == 0:
@@ -654,15 +747,18 @@ def train(cfg, progress=True, explicit=None):
             if procs.main and iteration % cfg.sample_every:
                 save_samples()
             if procs.main and history:
-                plot_curves(history, {"loss_D": "D", "loss_G": "G"}, "BCE loss", os.path.join(cfg.out, "loss.png"))
-                plot_monitor(history, cfg.margin, os.path.join(cfg.out, "monitor.png"))
+                plot_curves(history, {"loss_D": "D", "loss_G": "G"}, "WGAN-GP loss" if pggan else "BCE loss",
+                            os.path.join(cfg.out, "loss.png"))
+                if not pggan:
+                    plot_monitor(history, cfg.margin, os.path.join(cfg.out, "monitor.png"))
             save()
             synced_checkpoint[0] = iteration
-            batch = 0
+            batch, epoch_shown = 0, images_seen
             if procs.main:
                 last = history[-1] if history else None
                 numbers = (f"loss_D {last['loss_D']:.3f}, loss_G {last['loss_G']:.3f}, D(real) {last['D_real']:.2f}, "
-                           f"D(fake) {last['D_fake']:.2f}, {last['img_per_s']:.0f} img/s" if last
+                           f"D(fake) {last['D_fake']:.2f}, {last['img_per_s']:.0f} img/s"
+                           + (f", {last['res']}x{last['res']} alpha {last['alpha']:.2f}" if pggan else "") if last
                            else f"no log record yet (one every {cfg.log_every} iterations)")
                 print(f"epoch {epoch}/{cfg.epochs}: iteration {iteration}, {numbers}", file=sys.stderr)
     if procs.main:
@@ -682,12 +778,12 @@ HELP = {
     "batch_size": "images per batch and process (default: 128; 64 on the LFW faces)",
     "epoch_images": "images per epoch (default: the dataset once; 6400 on the LFW faces)",
     "width": "channels next to the image in G and D, ngf = ndf (default: 64; 32 on the LFW faces)",
-    "z_dim": "latent size",
+    "z_dim": "latent size (default: 100; 512 for pggan)",
     "lr": "learning rate of both networks (default: 2e-4 for Adam, 1e-3 for RMSProp)",
-    "beta1": "Adam beta1 (0.5 steadies GAN training)",
-    "beta2": "Adam beta2",
-    "d_steps": "D updates per iteration, each on the iteration's real batch and fresh fakes",
-    "g_steps": "G updates per iteration (the tutorial's 2 keeps D from winning)",
+    "beta1": "Adam beta1 (default: 0.5, which steadies GAN training; 0 for pggan)",
+    "beta2": "Adam beta2 (default: 0.999; 0.99 for pggan)",
+    "d_steps": "D updates per iteration, each on the iteration's real batch and fresh fakes (default: 1)",
+    "g_steps": "G updates per iteration (default: the tutorial's 2, which keeps D from winning; 1 for pggan)",
     "flip": "mirror half the images at random (default: off; on for the LFW faces)",
     "seed": "seeds the weights, the noise and the data order",
     "device": "auto picks the GPU when paddlepaddle-gpu sees one",
@@ -712,6 +808,12 @@ HELP = {
     "label_jitter": "uniform noise of +- this on D's targets, so they are never exact",
     "flip_labels": "probability of swapping a real and a fake target in D's loss, a noisy teacher that "
                    "slows D down",
+    "phase_kimg": "pggan: thousands of images each new resolution fades in for, and as many it then "
+                  "stabilises for (default: one epoch on the LFW faces, 100 otherwise)",
+    "batch_sizes": "pggan: RES:BATCH per resolution, smaller batches where images are larger "
+                   "(default: " + "4:64,8:64,16:32,32:32,64:16)",
+    "fmap_base": "pggan: channels nf(res) = min(fmap_base / res, fmap_max); the official 8192",
+    "fmap_max": "pggan: the most channels of a layer; the official 512",
 }
 
 
@@ -736,15 +838,16 @@ def parse_args(argv=None):
         elif f.name == "step":
             parser.add_argument(flag, default=default, choices=["auto", "static", "dygraph"], help=HELP[f.name] + shown)
         else:
-            kind = {"size": int, "batch_size": int, "epoch_images": int, "width": int, "lr": float}.get(
-                f.name, type(default))
+            kind = {"size": int, "batch_size": int, "epoch_images": int, "width": int, "lr": float, "z_dim": int,
+                    "beta1": float, "beta2": float, "d_steps": int, "g_steps": int, "phase_kimg": float,
+                    "batch_sizes": str}.get(f.name, type(default))
             parser.add_argument(flag, type=kind, default=default, help=HELP[f.name] + shown)
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     for name in ("eval_every", "save_every", "keep", "num_workers"):
         if getattr(cfg, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
     for name in ("epochs", "batch_size", "epoch_images", "width", "z_dim", "d_steps", "g_steps",
-                 "sample_every", "log_every"):
+                 "sample_every", "log_every", "fmap_base", "fmap_max"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -761,8 +864,15 @@ def parse_args(argv=None):
     for name in ("label_jitter", "flip_labels"):
         if not 0 <= getattr(cfg, name) < 0.5:
             parser.error(f"--{name.replace('_', '-')} must be in [0, 0.5), got {getattr(cfg, name)}")
+    if cfg.phase_kimg is not None and cfg.phase_kimg <= 0:
+        parser.error(f"--phase-kimg must be positive, got {cfg.phase_kimg}")
+    if cfg.batch_sizes is not None:
+        try:
+            progressive.parse_batch_sizes(cfg.batch_sizes)
+        except ValueError as e:
+            parser.error(f"--batch-sizes: {e}")
     for name in ("beta1", "beta2"):
-        if not 0 <= getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and not 0 <= getattr(cfg, name) < 1:
             parser.error(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
     if cfg.resume not in ("auto", "never") and not os.path.isfile(cfg.resume):
         parser.error(f"--resume {cfg.resume}: no such checkpoint file (or use auto / never)")

@@ -274,10 +274,10 @@ def test_another_architecture_is_refused_by_train_and_generator(finished, lfw8, 
     from conftest import assert_user_error, run_script
     path, _ = finished
     state = checkpoint.load(str(path))
-    state["arch"] = state["config"]["arch"] = "pggan"
+    state["arch"] = state["config"]["arch"] = "stylegan"
     paddle.save(state, str(path))
     assert_user_error(run_script("train.py", "--data", lfw8, "--out", path.parent, "--epochs", 2, cwd=tmp_path),
-                      "holds a 'pggan' network")
+                      "holds a 'stylegan' network")
     assert_user_error(run_script("generator.py", "--checkpoint", path, "--out", tmp_path / "g", cwd=tmp_path),
                       "cannot build")
     assert not (tmp_path / "g").exists()
