@@ -12,7 +12,8 @@ recipe with them:
 - WGAN-GP: D loss = D(fake) - D(real) + 10 (||grad D(x_hat)|| - 1)^2 + 0.001 D(real)^2 with
   x_hat = lerp(real, fake, u), u ~ U[0, 1] per image; G loss = -D(G(z)). Adam lr 1e-3, betas
   (0, 0.99), eps 1e-8, one D step per G step; fresh optimizer state when a phase starts.
-- G's exponential moving average (beta 0.999) is what sample grids and generator.py draw with.
+- G's exponential moving average (beta 0.999, with TensorFlow's warm-up for short runs) is
+  what sample grids and generator.py draw with.
 
 Example:
     res, alpha, phase = stage(images_seen=9000, phase_images=6000, size=32)   # (8, 0.5, 1)
@@ -80,6 +81,13 @@ def gradient_penalty(D, real, fake):
     return GP_WEIGHT * ((norm - 1.0) ** 2).mean()
 
 
+def ema_beta(updates, beta=EMA_BETA):
+    """The moving average's beta after `updates` G updates: 0.999, warming up as TensorFlow's
+    ExponentialMovingAverage does, min(beta, (1 + t) / (10 + t)), so that a short run's average
+    is not mostly its random initial weights (0.999 ** 800 = 0.45)."""
+    return min(beta, (1 + updates) / (10 + updates))
+
+
 def ema_update(G_ema, G, beta=EMA_BETA):
     """G_ema <- beta G_ema + (1 - beta) G, parameter by parameter."""
     with paddle.no_grad():
@@ -87,8 +95,11 @@ def ema_update(G_ema, G, beta=EMA_BETA):
             e.set_value(e * beta + p * (1.0 - beta))
 
 
-def iteration(G, D, G_ema, opt_G, opt_D, real, z_dim, res, alpha, reduce=None):
-    """One D step and one G step of WGAN-GP at (res, alpha); returns the numbers for the log."""
+def iteration(G, D, G_ema, opt_G, opt_D, real, z_dim, res, alpha, reduce=None, updates=None):
+    """One D step and one G step of WGAN-GP at (res, alpha); returns the numbers for the log.
+
+    `updates`: G updates before this one, for the moving average's warm-up (None: plain 0.999).
+    """
     for net in (G, D, G_ema):
         net.set_stage(res, alpha)
     real = real_at(real, res, alpha)
@@ -118,6 +129,6 @@ def iteration(G, D, G_ema, opt_G, opt_D, real, z_dim, res, alpha, reduce=None):
     finally:
         for p in params:
             p.stop_gradient = False
-    ema_update(G_ema, G)
+    ema_update(G_ema, G, EMA_BETA if updates is None else ema_beta(updates))
     return {"loss_D": float(loss_D), "loss_G": float(loss_G), "gp": float(gp), "wasserstein": float(-wasserstein),
             "D_real": float(score_real.mean()), "D_fake": float(score_fake.mean())}

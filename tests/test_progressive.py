@@ -123,6 +123,11 @@ def test_moving_average():
         np.testing.assert_allclose(e.numpy(), 0.9 * b + 0.1 * p.numpy(), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("updates, expected", [(0, 0.1), (8, 0.5), (90, 0.91), (10_000, 0.999)])
+def test_moving_average_warms_up(updates, expected):
+    assert progressive.ema_beta(updates) == pytest.approx(expected)
+
+
 def test_batch_size_table():
     table = progressive.parse_batch_sizes("4:64,8:32,32:8")
     assert [progressive.batch_size(table, r) for r in (4, 8, 16, 32, 64)] == [64, 32, 32, 8, 8]
