@@ -90,6 +90,12 @@ def to_uint8(x):
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def enlarge(images, size):
+    """uint8 N x h x w x 3 images repeated up to N x size x size x 3 (nearest neighbour), for display."""
+    factor = size // images.shape[1]
+    return images.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else images
+
+
 def make_grid(images, ncols=None, pad=2, fill=255):
     """Tile uint8 N x H x W x 3 images into one uint8 image, `pad` pixels apart."""
     n, h, w, c = images.shape

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from dataReader import grid_scale, make_grid, to_uint8, write_json, write_png
+from dataReader import enlarge, grid_scale, make_grid, to_uint8, write_json, write_png
 from checkpoint import READABLE, CheckpointError, load as load_checkpoint
 from train import ConfigError, sample, select_device
 
@@ -81,8 +81,7 @@ def generate(G, num, seed, forward=None):
     faces = np.concatenate([forward(z[i:i + BATCH])
                             for i in tqdm(range(0, num, BATCH), desc="generate", unit="batch",
                                           disable=num <= BATCH, leave=False)])
-    factor = G.args["size"] // faces.shape[1]  # a progressive G below its final size: shown upsampled
-    return faces.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else faces
+    return enlarge(faces, G.args["size"])  # a progressive G below its final size: shown upsampled
 
 
 # ----------------------------------------------------------------------------- fast path

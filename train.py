@@ -52,7 +52,8 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 from tqdm import tqdm
 
-from dataReader import DatasetError, FaceDataset, grid_scale, make_grid, make_loader, to_uint8, write_atomic, write_png
+from dataReader import (DatasetError, FaceDataset, enlarge, grid_scale, make_grid, make_loader, to_uint8,
+                        write_atomic, write_png)
 
 import paddle  # noqa: E402  (after dataReader, which prepares Paddle's threads)
 import paddle.nn.functional as F  # noqa: E402
@@ -620,9 +621,7 @@ def train(cfg, progress=True, explicit=None):
 
     def faces(z):
         """uint8 faces of shown_G at its current resolution, upsampled to the dataset's for comparison."""
-        images = sample(shown_G, z)
-        factor = dataset.size // images.shape[1]
-        return images.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else images
+        return enlarge(sample(shown_G, z), dataset.size)
 
     def measure():
         sync()

@@ -91,3 +91,22 @@ def assert_user_error(result, *phrases):
     last = result.stderr.strip().splitlines()[-1]
     for phrase in phrases:
         assert phrase in last, (phrase, result.stderr)
+
+
+def sigint_after(calls):
+    """A wrapper factory: functions it wraps send this process SIGINT once, after `calls` calls in all.
+
+    The tests' way to interrupt training at an exact iteration with a real signal.
+    """
+    import signal
+    count = [0]
+
+    def wrap(fn):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            count[0] += 1
+            if count[0] == calls:
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+        return wrapped
+    return wrap

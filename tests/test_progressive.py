@@ -1,6 +1,5 @@
 """--arch pggan: equalized LR, pixel norm, minibatch stddev, fades without jumps, the schedule, WGAN-GP."""
 import os
-import signal
 
 import numpy as np
 import paddle
@@ -11,6 +10,7 @@ import generator
 import network
 import progressive
 import train
+from conftest import sigint_after
 
 SMALL = dict(size=16, z_dim=32, fmap_base=64, fmap_max=16)
 
@@ -153,16 +153,7 @@ def test_pggan_grows_samples_at_each_resolution_resumes_mid_fade_and_generates(l
     samples = sorted(os.listdir(tmp_path / "whole" / "samples"))
     assert samples[0].endswith("_4px.png") and samples[-1].endswith("_8px.png")
 
-    count = [0]  # interrupt in the middle of the fade: after iteration 8 (4 at 4x4, then 4 of the fade's 8)
-
-    def interrupt_after(fn):
-        def wrapped(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            count[0] += 1
-            if count[0] == 8:
-                os.kill(os.getpid(), signal.SIGINT)
-            return out
-        return wrapped
+    interrupt_after = sigint_after(8)  # mid-fade: after 4 iterations at 4x4 and 4 of the fade's 8
 
     with monkeypatch.context() as m:
         m.setattr(progressive, "iteration", interrupt_after(progressive.iteration))

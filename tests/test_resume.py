@@ -12,7 +12,7 @@ import checkpoint
 import dataReader
 import faststep
 import train
-from conftest import ROOT
+from conftest import ROOT, sigint_after
 
 # A wrapper that runs train.py's main after making the n-th training iteration (or the n-th
 # checkpoint write) do something: the test's way to interrupt at an exact point.
@@ -95,16 +95,7 @@ def assert_same_state(a, b):
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(step, lfw8, tmp_path, monkeypatch):
     whole = checkpoint.load(train.train(tiny(lfw8, tmp_path / "whole", step=step), progress=False))
 
-    count = [0]  # a real SIGINT, sent to this process after the 6th iteration (epoch 2, batch 2 of 4)
-
-    def interrupt_after(fn):
-        def wrapped(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            count[0] += 1
-            if count[0] == 6:
-                os.kill(os.getpid(), signal.SIGINT)
-            return out
-        return wrapped
+    interrupt_after = sigint_after(6)  # a real SIGINT after the 6th iteration (epoch 2, batch 2 of 4)
 
     with monkeypatch.context() as m:
         m.setattr(faststep.FastStep, "__call__", interrupt_after(faststep.FastStep.__call__))
