@@ -147,7 +147,7 @@ def check_arch_settings(cfg, explicit=None):
         hint = "pggan follows the official recipe (WGAN-GP, Adam, one D step per G step, --batch-sizes)"
     else:
         wrong = [k for k in PGGAN_ONLY + ("fmap_base", "fmap_max") if k in changed]
-        hint = f"only --arch pggan uses them"
+        hint = "only --arch pggan uses them"
     if wrong:
         flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
         raise ConfigError(f"{flags} does not apply to --arch {cfg.arch}: {hint}")
