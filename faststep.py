@@ -34,10 +34,6 @@ from paddle.base.layer_helper import LayerHelper
 import checkpoint
 import network
 
-# Run the ops one at a time (oneDNN and MKL use the cores themselves) and in the program's
-# order: Adam updates parameters in place, and without this the executor's own schedule let
-# a later forward read D's weights before their update from the second run on.
-paddle.set_flags({"FLAGS_new_executor_serial_run": True, "FLAGS_new_executor_sequential_run": True})
 
 SUPPORTED = ("dcgan",)  # architectures whose every op has a static kernel here
 ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad and conv2d_transpose fail in these programs
@@ -86,6 +82,11 @@ class FastStep:
     def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2):
         if arch not in SUPPORTED:
             raise ValueError(f"no static step for {arch!r}; it has: {', '.join(SUPPORTED)}")
+        # Run the ops one at a time (oneDNN and MKL use the cores themselves) and in the program's
+        # order: Adam updates parameters in place, and without this the executor's own schedule let
+        # a later forward read D's weights before their update from the second run on. Set here,
+        # not at import: importing this module changes nothing.
+        paddle.set_flags({"FLAGS_new_executor_serial_run": True, "FLAGS_new_executor_sequential_run": True})
         self.batch, self.z_dim = batch, arch_args["z_dim"]
         self.d_steps, self.g_steps = d_steps, g_steps
         self.scope = paddle.static.Scope()

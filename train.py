@@ -581,13 +581,14 @@ def train(cfg, progress=True, explicit=None):
     G_run, D_run = procs.wrap(G), procs.wrap(D)
     if state is not None:  # last: building networks and the static program draws random numbers
         checkpoint.set_rng_state(state["rng"])
-    synced = [iteration]
-    synced_checkpoint = [iteration if state is not None else None]  # iteration of the last checkpoint written
+    synced = iteration                                                  # the dygraph objects hold this iteration
+    saved_at = iteration if state is not None else None                # iteration of the last checkpoint written
 
     def sync():
-        if fast is not None and synced[0] != iteration:
+        nonlocal synced
+        if fast is not None and synced != iteration:
             fast.store(G, D, opt_G, opt_D)
-            synced[0] = iteration
+            synced = iteration
 
     # --- output (rank 0 writes; a resumed run keeps the log up to its checkpoint)
     samples_dir = os.path.join(cfg.out, "samples")
@@ -705,8 +706,8 @@ def train(cfg, progress=True, explicit=None):
                 problem = divergence(stats, sums)
                 stopping, diverged = procs.any(stop.signal, problem)
                 if diverged:
-                    last = f"{checkpoint_path} (iteration {synced_checkpoint[0]})" if synced_checkpoint[0] is not None \
-                        else "no checkpoint (none was saved yet)"
+                    last = (f"{checkpoint_path} (iteration {saved_at})" if saved_at is not None
+                            else "no checkpoint (none was saved yet)")
                     raise Diverged(f"training stopped at iteration {iteration + 1}, epoch {epoch}: "
                                    f"{problem or 'another process diverged'}. Kept: {last}. "
                                    "Try a lower --lr, or resume from the checkpoint")
@@ -740,7 +741,7 @@ def train(cfg, progress=True, explicit=None):
                     return checkpoint_path
                 if cfg.save_every and iteration % cfg.save_every == 0 and batch < per_epoch:
                     save()
-                    synced_checkpoint[0] = iteration
+                    saved_at = iteration
 
             # --- end of epoch: samples, plot, checkpoint
             if procs.main and iteration % cfg.sample_every:
@@ -751,7 +752,7 @@ def train(cfg, progress=True, explicit=None):
                 if not pggan:
                     plot_monitor(history, cfg.margin, os.path.join(cfg.out, "monitor.png"))
             save()
-            synced_checkpoint[0] = iteration
+            saved_at = iteration
             batch, epoch_shown = 0, images_seen
             if procs.main:
                 last = history[-1] if history else None

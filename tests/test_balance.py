@@ -13,6 +13,7 @@ import generator
 import network
 import train
 from balance import Tricks, l2_step, label_targets, margin_rule, rmsprop_lr
+from conftest import assert_user_error, run_script
 
 
 @pytest.mark.parametrize("err_real, err_fake, expected", [
@@ -174,7 +175,6 @@ def test_l2_balance_moves_its_coefficient(lfw8, tmp_path):
     (["--optimizer", "sgd"], "invalid choice: 'sgd'"),
 ])
 def test_bad_balance_flags(args, phrase, tmp_path):
-    from conftest import assert_user_error, run_script
     assert_user_error(run_script("train.py", *args, cwd=tmp_path), phrase)
 
 

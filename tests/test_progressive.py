@@ -10,7 +10,7 @@ import generator
 import network
 import progressive
 import train
-from conftest import sigint_after
+from conftest import assert_user_error, run_script, sigint_after
 
 SMALL = dict(size=16, z_dim=32, fmap_base=64, fmap_max=16)
 
@@ -166,7 +166,6 @@ def test_pggan_grows_samples_at_each_resolution_resumes_mid_fade_and_generates(l
 
     generator.main(["--checkpoint", str(tmp_path / "whole" / checkpoint.FILE), "--out", str(tmp_path / "final"),
                     "--num", "3", "--seed", "0"])
-    from conftest import assert_user_error, run_script
     assert_user_error(run_script("generator.py", "--checkpoint", tmp_path / "whole" / checkpoint.FILE, "--engine",
                                  "inference", "--out", tmp_path / "no", cwd=tmp_path), "does not run --arch pggan")
     early = tmp_path / "whole" / train.snapshot_name(4)  # after the 4x4 phase: 8x8 fading in from alpha 0

@@ -12,7 +12,7 @@ import checkpoint
 import dataReader
 import faststep
 import train
-from conftest import ROOT, sigint_after
+from conftest import ROOT, assert_user_error, run_script, sigint_after
 
 # A wrapper that runs train.py's main after making the n-th training iteration (or the n-th
 # checkpoint write) do something: the test's way to interrupt at an exact point.
@@ -188,7 +188,6 @@ def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(lfw8, tmp_path,
     (["--out", "a_file"], "--out a_file: it is a file, not a folder"),
 ])
 def test_bad_flags_are_refused_at_parse_time(args, phrase, tmp_path):
-    from conftest import assert_user_error, run_script
     (tmp_path / "a_file").write_text("x")
     assert_user_error(run_script("train.py", *args, cwd=tmp_path), phrase)
 
@@ -216,7 +215,6 @@ def finished(lfw8, tmp_path):
     (["--lr", "0.001"], "was trained with --lr 0.0002, not 0.001"),
 ])
 def test_a_resume_that_would_change_the_run_is_refused(args, phrase, finished, lfw8, tmp_path):
-    from conftest import assert_user_error, run_script
     path, before = finished
     result = run_script("train.py", "--data", lfw8, "--out", path.parent, "--epochs", 2, *args, cwd=tmp_path)
     assert_user_error(result, phrase, "--resume never")
@@ -224,7 +222,6 @@ def test_a_resume_that_would_change_the_run_is_refused(args, phrase, finished, l
 
 
 def test_resume_takes_the_settings_it_was_not_given(finished, lfw8, tmp_path):
-    from conftest import run_script
     path, _ = finished
     result = run_script("train.py", "--data", lfw8, "--out", path.parent, "--epochs", 2, "--device", "cpu",
                         cwd=tmp_path)
@@ -238,7 +235,6 @@ def test_resume_takes_the_settings_it_was_not_given(finished, lfw8, tmp_path):
     (lambda b: b"not a pickle at all", "truncated or not a paddle-fakeface checkpoint"),
 ])
 def test_a_damaged_checkpoint_is_refused_and_left_alone(damage, phrase, finished, lfw8, tmp_path):
-    from conftest import assert_user_error, run_script
     path, before = finished
     path.write_bytes(damage(before))
     result = run_script("train.py", "--data", lfw8, "--out", path.parent, "--epochs", 2, cwd=tmp_path)
@@ -262,7 +258,6 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
 
 def test_another_architecture_is_refused_by_train_and_generator(finished, lfw8, tmp_path):
     import paddle
-    from conftest import assert_user_error, run_script
     path, _ = finished
     state = checkpoint.load(str(path))
     state["arch"] = state["config"]["arch"] = "stylegan"
@@ -275,7 +270,6 @@ def test_another_architecture_is_refused_by_train_and_generator(finished, lfw8, 
 
 
 def test_a_batch_larger_than_the_dataset_is_refused(lfw8, tmp_path):
-    from conftest import assert_user_error, run_script
     result = run_script("train.py", "--data", lfw8, "--out", tmp_path / "out", "--batch-size", 101, cwd=tmp_path)
     assert_user_error(result, "--batch-size 101 is more than the 100 images")
     assert not (tmp_path / "out").exists()
