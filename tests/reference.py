@@ -1,0 +1,112 @@
+"""Reference runs: what training computes, recorded so that a change of shape cannot change it.
+
+Each scenario trains 20 seeded iterations on the 8x8 built-in faces, logging every iteration
+and keeping a snapshot at iteration 10; a second run resumes from that snapshot into another
+folder and trains to 20. Recorded: every log record (all numbers but the timing), the position
+and method state in the final checkpoint, and per tensor of every network and optimizer a
+SHA-256 of its bytes (bit identity) and its float64 sum (for float tolerance).
+
+Only what a user sees is used (TrainConfig fields, train.train, checkpoint files, log.jsonl),
+so the recording survives any reshaping of the code behind them.
+
+    python tests/reference.py            # compare the current code with tests/reference.json
+    python tests/reference.py --write    # record it (only before a change of shape, never to make a test pass)
+"""
+import hashlib
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+FIXTURE = os.path.join(HERE, "reference.json")
+
+COMMON = dict(epoch_images=64, log_every=1, sample_every=100, save_every=10, keep=20, device="cpu", seed=3)
+SCENARIOS = {
+    "dcgan-static": dict(arch="dcgan", epochs=5, batch_size=16, width=8, step="static"),
+    "dcgan-dygraph": dict(arch="dcgan", epochs=5, batch_size=16, width=8, step="dygraph"),
+    "torchblog-tricks": dict(arch="torchblog", epochs=5, batch_size=16, width=8, balance="margin",
+                             optimizer="rmsprop", real_label=0.9, flip_labels=0.05, label_jitter=0.05,
+                             ),
+    # a high learning rate, so that both skip rules of the margin balance fire within 20 iterations
+    "dcgan-margin": dict(arch="dcgan", epochs=5, batch_size=16, width=8, balance="margin", margin=0.4, lr=0.02,
+                         real_label=0.9),
+    # 4 iterations at 4x4 (batch 16), 8 fading 8x8 in (batch 8), 8 stabilising: 10 is mid-fade
+    "pggan-fade": dict(arch="pggan", size=8, epochs=3, phase_kimg=0.064, batch_sizes="4:16,8:8", z_dim=32,
+                       fmap_base=64, fmap_max=16),
+}
+RESUME_AT = 10
+
+
+def digest(state):
+    """{part: {key: [sha256 prefix, float64 sum]}} for the networks and optimizers of a checkpoint."""
+    out = {}
+    for part, value in sorted(state.items()):
+        if part in ("G", "D", "G_ema") or part.startswith("opt_"):
+            flat = {}
+            for key, tensor in value.items():
+                if isinstance(tensor, dict):  # optimizer: {parameter key: {state name: array}}
+                    flat.update({f"{key}.{name}": v for name, v in tensor.items()})
+                else:
+                    flat[key] = tensor
+            out[part] = {k: [hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16],
+                             float(np.asarray(v, np.float64).sum())] for k, v in sorted(flat.items())}
+    return out
+
+
+def records(out):
+    with open(os.path.join(out, "log.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != "img_per_s"} for line in f]
+
+
+def summary(state, out):
+    return {"position": {k: int(state[k]) for k in ("epoch", "batch", "iteration", "images_seen")},
+            "method": json.loads(json.dumps(state["method"], default=float)),
+            "log": records(out), "tensors": digest(state)}
+
+
+def record(name, data, folder):
+    """(the whole run's summary, the resumed run's summary) of scenario `name` on dataset `data`."""
+    import checkpoint
+    import train
+
+    options = {**COMMON, **SCENARIOS[name]}
+    whole = os.path.join(folder, name, "whole")
+    resumed = os.path.join(folder, name, "resumed")
+    train.train(train.TrainConfig(data=data, out=whole, **options))
+    snapshot = os.path.join(whole, f"checkpoint-{RESUME_AT:07d}.pdparams")
+    train.train(train.TrainConfig(data=data, out=resumed, resume=snapshot, **options))
+    return (summary(checkpoint.load(os.path.join(whole, checkpoint.FILE)), whole),
+            summary(checkpoint.load(os.path.join(resumed, checkpoint.FILE)), resumed))
+
+
+def lfw8(folder):
+    import pretreat
+    out = os.path.join(folder, "lfw8")
+    pretreat.build(pretreat.PretreatConfig(out=out, size=8))
+    return out
+
+
+def main(argv):
+    with tempfile.TemporaryDirectory() as tmp:
+        data = lfw8(tmp)
+        result = {name: dict(zip(("whole", "resumed"), record(name, data, tmp))) for name in SCENARIOS}
+    if "--write" in argv:
+        with open(FIXTURE, "w") as f:
+            json.dump(result, f, indent=1, sort_keys=True)
+            f.write("\n")
+        print(f"wrote {FIXTURE}")
+        return
+    with open(FIXTURE) as f:
+        expected = json.load(f)
+    for name in SCENARIOS:
+        for run in ("whole", "resumed"):
+            same = result[name][run] == expected[name][run]
+            print(f"{name:18} {run:8} {'bit-identical' if same else 'DIFFERS'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

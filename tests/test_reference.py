@@ -1,0 +1,33 @@
+"""The reference runs (tests/reference.py) still compute what they computed when recorded.
+
+Recorded before the training loop was reshaped into methods and a registry (issue 12), on
+the code of commit 24cd024. Every scenario is compared bit for bit: weights, BatchNorm
+statistics and optimizer moments by SHA-256, and every logged number; the reshaping kept
+each computation in its order, so nothing needs a float tolerance.
+"""
+import json
+
+import pytest
+
+import reference
+
+
+@pytest.fixture(scope="module")
+def expected():
+    with open(reference.FIXTURE) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", sorted(reference.SCENARIOS))
+def test_reference_run_is_bit_identical(name, expected, lfw8, tmp_path):
+    whole, resumed = reference.record(name, lfw8, str(tmp_path))
+    want = expected[name]
+    assert whole["position"] == want["whole"]["position"]
+    assert whole["method"] == want["whole"]["method"]
+    assert whole["log"] == want["whole"]["log"]
+    for part, tensors in want["whole"]["tensors"].items():
+        assert whole["tensors"][part] == tensors, part
+    assert set(whole["tensors"]) == set(want["whole"]["tensors"])
+    # the run resumed mid-epoch from the iteration-10 snapshot ends where the whole run does
+    assert resumed["tensors"] == whole["tensors"] and resumed["method"] == whole["method"]
+    assert resumed["log"] == whole["log"][reference.RESUME_AT:]
