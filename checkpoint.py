@@ -25,7 +25,7 @@ import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import numpy as np
 import paddle
 
-from dataReader import write_atomic
+from facedata import write_atomic
 
 __version__ = "0.4.0"
 

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.ndimage
 import scipy.signal
 
-from dataReader import DatasetError, FaceDataset, area_downsample, write_json
+from facedata import DatasetError, FaceDataset, area_downsample, write_json
 
 SWD_PATCH = 7                 # patch side (PG-GAN)
 SWD_PATCHES = 128             # patches per image and level

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from dataReader import enlarge, grid_scale, make_grid, to_uint8, write_json, write_png
+from facedata import enlarge, grid_scale, make_grid, to_uint8, write_json, write_png
 from checkpoint import READABLE, CheckpointError, load as load_checkpoint
 from train import ConfigError, sample, select_device
 

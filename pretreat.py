@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dataReader import FORMAT, IMAGES_FILE, MANIFEST_FILE, DatasetError, read_manifest, write_json
+from facedata import FORMAT, IMAGES_FILE, MANIFEST_FILE, DatasetError, read_manifest, write_json
 
 CELEBA_NAMES = ("img_align_celeba", "img_align_celeba.zip")
 EMBEDDED = "embedded:skimage.data.lfw_subset[:100]"

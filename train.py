@@ -52,8 +52,9 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 from tqdm import tqdm
 
-from dataReader import (DatasetError, FaceDataset, enlarge, grid_scale, make_grid, make_loader, to_uint8,
-                        write_atomic, write_png)
+import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
+from dataReader import make_loader
+from facedata import DatasetError, FaceDataset, enlarge, grid_scale, make_grid, to_uint8, write_atomic, write_png
 
 import paddle  # noqa: E402  (after dataReader, which prepares Paddle's threads)
 import paddle.nn.functional as F  # noqa: E402

@@ -130,8 +130,9 @@ def tutorial_method(paths, out, size):
 def reader_rate(folder, batch):
     """Images per second of one epoch through dataReader.make_loader (shuffled, mirrored)."""
     import dataReader
+    import facedata
 
-    dataset = dataReader.FaceDataset(folder)
+    dataset = facedata.FaceDataset(folder)
     loader = dataReader.make_loader(dataset, batch, flip=True)
     t, n = time.perf_counter(), 0
     for real in loader:

@@ -198,7 +198,7 @@ def big_zip(path, count):
 
 @pytest.mark.parametrize("previous", [False, True])
 def test_killed_run_leaves_no_half_dataset_and_the_next_run_completes(previous, tmp_path, celeba_folder):
-    import dataReader
+    import facedata
     out = tmp_path / "out"
     if previous:
         build_dataset(out, src=celeba_folder)
@@ -215,13 +215,13 @@ def test_killed_run_leaves_no_half_dataset_and_the_next_run_completes(previous, 
     assert child.returncode == -signal.SIGKILL
     assert (out / "images.npy.tmp").exists()  # it died mid-write
     if previous:  # the finished dataset it was replacing is still whole
-        np.testing.assert_array_equal(dataReader.FaceDataset(str(out)).images, old)
+        np.testing.assert_array_equal(facedata.FaceDataset(str(out)).images, old)
     else:
-        with pytest.raises(dataReader.DatasetError):
-            dataReader.FaceDataset(str(out))
+        with pytest.raises(facedata.DatasetError):
+            facedata.FaceDataset(str(out))
     manifest = build_dataset(out, src=str(archive))
     assert manifest["count"] == 6000
-    assert dataReader.FaceDataset(str(out)).images.shape == (6000, 64, 64, 3)
+    assert facedata.FaceDataset(str(out)).images.shape == (6000, 64, 64, 3)
     assert not (out / "images.npy.tmp").exists()
 
 

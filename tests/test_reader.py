@@ -6,21 +6,22 @@ import numpy as np
 import pytest
 
 import dataReader
+import facedata
 from conftest import build_dataset, run_script
 
 
 def test_conversions_round_trip_exactly():
     images = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
-    x = dataReader.to_float(images)
+    x = facedata.to_float(images)
     assert x.shape == (3, 3, 5, 7) and x.dtype == np.float32
     assert x.min() >= -1 and x.max() <= 1
-    np.testing.assert_array_equal(dataReader.to_uint8(x), images)
-    np.testing.assert_array_equal(dataReader.to_uint8(np.array([[[[-3.0, -1.0, 0.0, 1.0, 9.0]]]])).ravel(),
+    np.testing.assert_array_equal(facedata.to_uint8(x), images)
+    np.testing.assert_array_equal(facedata.to_uint8(np.array([[[[-3.0, -1.0, 0.0, 1.0, 9.0]]]])).ravel(),
                                   [0, 0, 128, 255, 255])  # clipped, (x + 1) * 127.5 rounded
 
 
 def test_batches_are_float_chw_in_range(lfw32):
-    dataset = dataReader.FaceDataset(lfw32)
+    dataset = facedata.FaceDataset(lfw32)
     loader = dataReader.make_loader(dataset, 16)
     batch = next(iter(loader)).numpy()
     assert batch.shape == (16, 3, 32, 32) and batch.dtype == np.float32
@@ -29,13 +30,13 @@ def test_batches_are_float_chw_in_range(lfw32):
 
 
 def test_batch_read_equals_the_stored_images(lfw32):
-    dataset = dataReader.FaceDataset(lfw32)
+    dataset = facedata.FaceDataset(lfw32)
     stored = np.load(os.path.join(lfw32, "images.npy"))
     batch = dataset.get_batch([7, 3, 3, 0])  # returned in ascending image order
-    np.testing.assert_array_equal(dataReader.to_uint8(batch), stored[[0, 3, 3, 7]])
+    np.testing.assert_array_equal(facedata.to_uint8(batch), stored[[0, 3, 3, 7]])
     mirrored = dataset.get_batch([7 + len(dataset)])  # index + n: image 7 mirrored
-    np.testing.assert_array_equal(dataReader.to_uint8(mirrored)[0], stored[7][:, ::-1])
-    mixed = dataReader.to_uint8(dataset.get_batch([9 + len(dataset), 5, 2 + len(dataset), 4]))
+    np.testing.assert_array_equal(facedata.to_uint8(mirrored)[0], stored[7][:, ::-1])
+    mixed = facedata.to_uint8(dataset.get_batch([9 + len(dataset), 5, 2 + len(dataset), 4]))
     np.testing.assert_array_equal(mixed, np.stack([stored[4], stored[5], stored[2][:, ::-1], stored[9][:, ::-1]]))
 
 
@@ -58,12 +59,12 @@ def test_unshuffled_sampler_keeps_order():
 
 
 def test_missing_and_incomplete_datasets_are_refused(tmp_path, lfw32):
-    with pytest.raises(dataReader.DatasetError, match="pretreat.py"):
-        dataReader.FaceDataset(str(tmp_path / "none"))
+    with pytest.raises(facedata.DatasetError, match="pretreat.py"):
+        facedata.FaceDataset(str(tmp_path / "none"))
     build_dataset(tmp_path / "d", size=8)
     os.remove(tmp_path / "d" / "manifest.json")
-    with pytest.raises(dataReader.DatasetError, match="incomplete"):
-        dataReader.FaceDataset(str(tmp_path / "d"))
+    with pytest.raises(facedata.DatasetError, match="incomplete"):
+        facedata.FaceDataset(str(tmp_path / "d"))
 
 
 def test_array_that_disagrees_with_its_manifest_is_refused(tmp_path):
@@ -72,13 +73,13 @@ def test_array_that_disagrees_with_its_manifest_is_refused(tmp_path):
     manifest = json.loads(manifest_path.read_text())
     manifest["count"] = 101
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(dataReader.DatasetError, match="promises"):
-        dataReader.FaceDataset(str(tmp_path))
+    with pytest.raises(facedata.DatasetError, match="promises"):
+        facedata.FaceDataset(str(tmp_path))
 
 
 def test_make_grid_layout():
     images = np.zeros((5, 4, 4, 3), np.uint8) + np.arange(1, 6, dtype=np.uint8)[:, None, None, None]
-    grid = dataReader.make_grid(images, ncols=3, pad=1)
+    grid = facedata.make_grid(images, ncols=3, pad=1)
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3)
     assert grid[1, 1, 0] == 1 and grid[1, 6, 0] == 2 and grid[6, 1, 0] == 4
     assert grid[6, 11, 0] == 255  # the empty sixth cell stays the fill colour
@@ -95,7 +96,7 @@ def test_reader_preview_writes_a_png(lfw32, tmp_path):
 
 def test_dataset_pickles_as_its_path_and_loads_with_workers(lfw32):
     import pickle
-    dataset = dataReader.FaceDataset(lfw32)
+    dataset = facedata.FaceDataset(lfw32)
     blob = pickle.dumps(dataset)
     assert len(blob) < 10_000  # not the 300 KB array
     again = pickle.loads(blob)
@@ -110,7 +111,7 @@ def test_dataset_pickles_as_its_path_and_loads_with_workers(lfw32):
 def test_downsampled_reads_equal_area_averages(lfw32, size):
     from skimage.measure import block_reduce
     stored = np.load(os.path.join(lfw32, "images.npy")).astype(np.float64)
-    dataset = dataReader.FaceDataset(lfw32, size=size)
+    dataset = facedata.FaceDataset(lfw32, size=size)
     f = 32 // size
     got = dataset.get_batch([1 + len(dataset), 3])  # image 1 mirrored, and image 3: plain ones first
     expected = block_reduce(stored[[3, 1]], (1, f, f, 1), np.mean)
@@ -121,13 +122,22 @@ def test_downsampled_reads_equal_area_averages(lfw32, size):
 
 def test_sizes_that_do_not_divide_the_stored_size_are_refused(lfw32):
     for size in (12, 64):
-        with pytest.raises(dataReader.DatasetError, match="divides 32"):
-            dataReader.FaceDataset(lfw32, size=size)
+        with pytest.raises(facedata.DatasetError, match="divides 32"):
+            facedata.FaceDataset(lfw32, size=size)
 
 
 def test_uint8_reads_keep_order_and_round_block_means(lfw32):
     stored = np.load(os.path.join(lfw32, "images.npy"))
-    np.testing.assert_array_equal(dataReader.FaceDataset(lfw32).get_uint8([5, 2]), stored[[5, 2]])
-    small = dataReader.FaceDataset(lfw32, size=16).get_uint8([5])
+    np.testing.assert_array_equal(facedata.FaceDataset(lfw32).get_uint8([5, 2]), stored[[5, 2]])
+    small = facedata.FaceDataset(lfw32, size=16).get_uint8([5])
     expected = stored[5].astype(np.float64).reshape(16, 2, 16, 2, 3).mean(axis=(1, 3))
     assert np.abs(small[0].astype(int) - expected).max() <= 0.5 + 1e-6
+
+
+def test_the_arrays_path_names_its_dataset_and_other_files_are_refused(lfw32, tmp_path):
+    for path in (os.path.join(lfw32, "images.npy"), os.path.join(lfw32, "manifest.json")):
+        dataset = facedata.FaceDataset(path)
+        assert dataset.folder == lfw32 and len(dataset) == 100
+    (tmp_path / "faces.npy").write_bytes(b"x")
+    with pytest.raises(facedata.DatasetError, match="--data takes the dataset folder"):
+        facedata.FaceDataset(str(tmp_path / "faces.npy"))

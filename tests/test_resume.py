@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import checkpoint
-import dataReader
+import facedata
 import faststep
 import train
 from conftest import ROOT, assert_user_error, run_script, sigint_after
@@ -156,7 +156,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(lfw8, tmp_path):
 
 
 def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(lfw8, tmp_path, monkeypatch):
-    real_get = dataReader.FaceDataset.get_batch
+    real_get = facedata.FaceDataset.get_batch
     calls = [0]
 
     def poisoned(self, indices):
@@ -166,7 +166,7 @@ def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(lfw8, tmp_path,
             batch[0, 0, 0, 0] = np.nan
         return batch
 
-    monkeypatch.setattr(dataReader.FaceDataset, "get_batch", poisoned)
+    monkeypatch.setattr(facedata.FaceDataset, "get_batch", poisoned)
     with pytest.raises(train.Diverged) as info:
         train.train(tiny(lfw8, tmp_path), progress=False)
     message = str(info.value)

@@ -28,3 +28,15 @@ def test_help_shows_examples(script, tmp_path):
     assert result.returncode == 0
     assert "Examples:" in result.stdout and f"python {script}" in result.stdout
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--out", "data"]])
+def test_pretreat_does_not_load_paddle(args, tmp_path):
+    # pretreat needs numpy and OpenCV only: starting Paddle would cost about a second per run
+    code = ("import os, runpy, sys; root = sys.argv[1]; sys.path.insert(0, root); sys.argv = sys.argv[1:]\n"
+            "try:\n    runpy.run_path(os.path.join(root, 'pretreat.py'), run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('paddle' in sys.modules, 'pretreat' in sys.modules or 'facedata' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, ROOT, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False True"

@@ -173,9 +173,9 @@ def test_bad_flags(args, phrase, tmp_path):
 def test_trained_generator_beats_the_untrained_one(lfw8, tmp_path):
     # Distance between the pixel statistics (mean image, per-pixel spread) of fakes and reals.
     # 200 iterations on 8x8 faces: 0.58-0.75 of the untrained distance over seeds 0-5.
-    import dataReader
+    import facedata
     import generator
-    real = dataReader.FaceDataset(lfw8).get_batch(np.arange(100))
+    real = facedata.FaceDataset(lfw8).get_batch(np.arange(100))
 
     def distance(x):
         return np.abs(x.mean(0) - real.mean(0)).mean() + np.abs(x.std(0) - real.std(0)).mean()
