@@ -2,11 +2,13 @@
 
 A checkpoint is one `paddle.save` dict (so `paddle.load` reads it too), written to a temporary
 file and renamed, so a crash at any moment leaves the previous file whole. Format 2 holds
-everything a run needs to continue exactly: both networks, both optimizers (keyed by the
+everything a run needs to continue exactly: the training method's networks and optimizers
+under their names ("G", "D", "G_ema"; "opt_G", "opt_D"; optimizer state keyed by the
 networks' structure, not by Paddle's per-process parameter names), the random generators of
 Paddle and numpy, the position in the data (epoch, batches done, that epoch's order), fixed
-noise, config, dataset fingerprint, network arguments, any extra state of the training
-method, and the project version. generator.py also reads format 1 (issue 2's) files.
+noise, config, dataset fingerprint, architecture and network arguments, the method's own
+state, which network samples and at what stage ("sampler"), and the project version.
+generator.py also reads format 1 (issue 2's) files.
 
 `.pdparams` files are pickles, and unpickling can run code. `load` therefore unpickles with
 an allow-list: dicts, lists, tuples, numbers, strings, numpy arrays and Paddle's random-state
@@ -26,6 +28,7 @@ import numpy as np
 import paddle
 
 from facedata import write_atomic
+from runtime import ConfigError
 
 __version__ = "0.4.0"
 
@@ -73,6 +76,18 @@ def save(path, state):
     write_atomic(path, buf.getvalue(), durable=True)
 
 
+def snapshot_name(iteration):
+    """File name of the numbered snapshot that --keep keeps beside checkpoint.pdparams."""
+    return f"checkpoint-{iteration:07d}.pdparams"
+
+
+def prune_snapshots(folder, keep):
+    """Delete all but the `keep` newest numbered snapshots in `folder`."""
+    snaps = sorted(f for f in os.listdir(folder) if re.fullmatch(r"checkpoint-\d{7}\.pdparams", f))
+    for name in snaps[:max(0, len(snaps) - keep)]:
+        os.remove(os.path.join(folder, name))
+
+
 def remove_stale_temporaries(folder):
     """Delete the temporary files of saves that a killed process left in `folder` (never a checkpoint)."""
     if not os.path.isdir(folder):
@@ -111,6 +126,37 @@ def load(path, formats=(FORMAT,)):
         raise CheckpointError(f"{path} is an older checkpoint ({state['format']}) that cannot resume "
                               "training; generator.py still reads it. Start a new run with --resume never")
     return state
+
+
+def fingerprint(manifest):
+    """What a checkpoint records of its dataset, from the dataset's manifest."""
+    return {k: manifest[k] for k in ("source", "count", "size")}
+
+
+def check_compatible(state, arch, arch_args, manifest, path):
+    """ConfigError unless checkpoint `state` holds networks like these, trained on this dataset."""
+    if state["arch"] != arch or state["arch_args"] != arch_args:
+        have = ", ".join(f"{k} {v}" for k, v in state["arch_args"].items())
+        want = ", ".join(f"{k} {v}" for k, v in arch_args.items())
+        raise ConfigError(f"{path} holds a {state['arch']} network ({have}), not the {arch} ({want}) this run "
+                          "asks for: use another --out, or --resume never to start over here")
+    if state["dataset"] != fingerprint(manifest):
+        raise ConfigError(f"{path} was trained on {state['dataset']['source']} ({state['dataset']['count']} images), "
+                          f"not {manifest['source']} ({manifest['count']}): pass its --data, or use another --out")
+
+
+def sampler(state):
+    """(weights key, network role, stage or None) that faces are drawn with, from a checkpoint.
+
+    Checkpoints since issue 12 say it ("sampler"); older ones are read as they were written:
+    G's moving average when there is one, and the progressive stage in the method's state.
+    """
+    if "sampler" in state:
+        s = state["sampler"]
+        return s["net"], s["role"], s["stage"]
+    stage = state.get("method", {}).get("stage")
+    return ("G_ema" if "G_ema" in state else "G"), "G", (
+        None if stage is None else {"res": int(stage["res"]), "alpha": float(stage["alpha"])})
 
 
 # ----------------------------------------------------------------------------- optimizer state

@@ -31,11 +31,11 @@ class EpochBatchSampler:
     and process `rank` gets its slice of it. `set_epoch(e, start=k)` resumes at batch k.
     """
 
-    def __init__(self, n, batch_size, epoch_images=None, shuffle=True, flip=False,
-                 drop_last=True, seed=0, rank=0, replicas=1, batch_size_at=None):
+    def __init__(self, n, batch_size, epoch_images=None, flip=False, seed=0, rank=0, replicas=1,
+                 batch_size_at=None):
         self.n, self.batch_size = n, batch_size
         self.epoch_images = epoch_images or n
-        self.shuffle, self.flip, self.drop_last, self.seed = shuffle, flip, drop_last, seed
+        self.flip, self.seed = flip, seed
         self.rank, self.replicas = rank, replicas
         self.batch_size_at = batch_size_at  # images shown before a batch -> its size per process (progressive GANs)
         self.epoch, self.start, self.order, self.shown = 0, 0, None, 0
@@ -52,8 +52,7 @@ class EpochBatchSampler:
     def _sizes(self):
         """Per-process batch sizes of this epoch, in order (the last partial batch dropped)."""
         if self.batch_size_at is None:
-            full, rest = divmod(self.epoch_images, self.batch_size * self.replicas)
-            return [self.batch_size] * full + ([] if self.drop_last or rest == 0 else [rest // self.replicas])
+            return [self.batch_size] * (self.epoch_images // (self.batch_size * self.replicas))
         sizes, pos = [], 0
         while True:
             size = self.batch_size_at(self.shown + pos)
@@ -71,7 +70,7 @@ class EpochBatchSampler:
             return self.order
         rng = np.random.default_rng([self.seed, self.epoch])
         passes = -(-self.epoch_images // self.n)
-        order = np.concatenate([rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = np.concatenate([rng.permutation(self.n)
                                 for _ in range(passes)])[:self.epoch_images]
         if self.flip:
             order = order + self.n * rng.integers(0, 2, len(order))
@@ -120,15 +119,14 @@ class _Indices(paddle.io.Dataset):
         return index
 
 
-def make_loader(dataset, batch_size, shuffle=True, drop_last=True, flip=False,
-                epoch_images=None, seed=0, num_workers=0, rank=0, replicas=1, batch_size_at=None):
+def make_loader(dataset, batch_size, flip=False, epoch_images=None, seed=0, num_workers=0, rank=0, replicas=1,
+                batch_size_at=None):
     """Iterable of float32 N x 3 x H x W tensor batches; call loader.batch_sampler.set_epoch(e).
 
     num_workers=0 reads in the calling thread; more use Paddle's DataLoader processes, for
     GPU training where a step is short enough for reading to matter.
     """
-    sampler = EpochBatchSampler(len(dataset), batch_size, epoch_images=epoch_images,
-                                shuffle=shuffle, flip=flip, drop_last=drop_last, seed=seed,
+    sampler = EpochBatchSampler(len(dataset), batch_size, epoch_images=epoch_images, flip=flip, seed=seed,
                                 rank=rank, replicas=replicas, batch_size_at=batch_size_at)
     if num_workers == 0:
         return BatchLoader(dataset, sampler)

@@ -1,8 +1,8 @@
-"""The CPU training step: train.train_iteration as one static program with oneDNN convolutions.
+"""The CPU training step: methods.bce_iteration as one static program with oneDNN convolutions.
 
 Paddle's eager mode runs every convolution through im2col + MKL GEMM one sample at a time
 and never uses oneDNN, which is what makes a CPU DCGAN step slow. This module builds the
-same iteration as train.train_iteration (D update on a real and a fake batch, then the G
+same iteration as methods.bce_iteration (D update on a real and a fake batch, then the G
 updates, the first reusing the D update's fakes) as a legacy static program, and marks its
 conv2d ops and their gradients to run on oneDNN (oneDNN has no transposed-conv gradient, and
 its batch_norm_grad fails in these programs). G's first layer, a transposed convolution of a
@@ -35,7 +35,6 @@ import checkpoint
 import network
 
 
-SUPPORTED = ("dcgan",)  # architectures whose every op has a static kernel here
 ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad and conv2d_transpose fail in these programs
 
 
@@ -77,11 +76,11 @@ def _bce(logits, target):
 # ----------------------------------------------------------------------------- the step
 
 class FastStep:
-    """train.train_iteration for one architecture and batch size, as a static program on the CPU."""
+    """methods.bce_iteration for one architecture and batch size, as a static program on the CPU."""
 
     def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2):
-        if arch not in SUPPORTED:
-            raise ValueError(f"no static step for {arch!r}; it has: {', '.join(SUPPORTED)}")
+        if not network.architecture(arch).static_step:
+            raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
         # Run the ops one at a time (oneDNN and MKL use the cores themselves) and in the program's
         # order: Adam updates parameters in place, and without this the executor's own schedule let
         # a later forward read D's weights before their update from the second run on. Set here,
@@ -105,7 +104,8 @@ class FastStep:
             paddle.set_rng_state(rng)     # leave the training noise where the dygraph step would find it
 
     def _build(self, arch, arch_args, lr, beta1, beta2):
-        G, D = network.build(arch, **arch_args)   # weights come from `load`
+        nets = network.build(arch, **arch_args)   # weights come from `load`
+        G, D = nets["G"], nets["D"]
         lower(G)
         n, z_dim = self.batch, self.z_dim
         real = paddle.static.data("real", [n, 3, G.args["size"], G.args["size"]], "float32")

@@ -21,15 +21,16 @@ import os
 import sys
 from dataclasses import dataclass
 
+import runtime  # before Paddle: thread and MKL settings; the device option
 import numpy as np
-from tqdm import tqdm
+import paddle
 
+import checkpoint
+import network
+from checkpoint import READABLE, CheckpointError
 from facedata import enlarge, grid_scale, make_grid, to_uint8, write_json, write_png
-from checkpoint import READABLE, CheckpointError, load as load_checkpoint
-from train import ConfigError, sample, select_device
-
-import paddle  # noqa: E402  (after dataReader, which prepares Paddle's threads)
-import network  # noqa: E402
+from logs import progress
+from network import sample
 
 GRID_MAX = 100    # faces shown in grid.png
 BATCH = 256       # faces generated per forward pass
@@ -41,34 +42,42 @@ class GenerateConfig:
     out: str = "Generate"                            # folder for the PNGs (the tutorial's)
     num: int = 100                                   # faces to write
     seed: int = None                                 # None: drawn at random and printed
-    device: str = "auto"                             # auto: the GPU when paddlepaddle-gpu sees one
+    device: str = "auto"                             # see runtime.DEVICE_HELP
     engine: str = "auto"                             # auto: Paddle Inference on the CPU, else eager
     export: str = None                               # also write the deployable model to this path prefix
 
 
 EXPORT_DIR = "generator_export"   # beside the checkpoint
-# Architectures Paddle Inference 3.3 runs with oneDNN. The others generate in eager mode: the
-# Torch blog's G stops at its nearest-neighbour upsampling ("ConvertPirAttribute2RuntimeAttribute
-# not support"), and building a predictor for the PG-GAN generator crashes the process (a
-# segfault, which no exception handler sees).
-INFERENCE_ARCHS = ("dcgan",)
+
+
 def load_generator(path):
-    """(G in inference mode, checkpoint dict) rebuilt from the checkpoint at `path` alone."""
-    state = load_checkpoint(path, formats=READABLE)
+    """(the network faces are drawn with, in inference mode; checkpoint dict), rebuilt from the checkpoint alone.
+
+    The checkpoint names the architecture and its arguments, which of the method's networks
+    samples (a progressive GAN's moving average, say) and at what stage.
+    """
+    state = checkpoint.load(path, formats=READABLE)
+    weights, role, stage = checkpoint.sampler(state)
     try:
-        G = network.build_generator(state["arch"], state["arch_args"])
+        G = network.build_net(state["arch"], role, state["arch_args"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} describes a generator this version cannot build ({e})")
-    weights = state.get("G_ema", state["G"])  # a progressive GAN draws with G's moving average
-    missing, unexpected = G.set_state_dict(weights)
+    missing, unexpected = G.set_state_dict(state[weights])
     if missing or unexpected:
         raise CheckpointError(f"{path} does not match its {state['arch']} generator "
                               f"(missing {len(missing)}, unexpected {len(unexpected)} weights)")
-    stage = state.get("method", {}).get("stage")
-    if stage is not None:  # a progressive GAN mid-training draws at its current resolution
-        G.set_stage(int(stage["res"]), float(stage["alpha"]))
+    if stage is not None:  # saved mid-training: it draws at the stage it had reached
+        G.set_stage(**stage)
     G.eval()
     return G, state
+
+
+def untrained_like(G, state, seed):
+    """The checkpoint's sampling network as it was before training: freshly built from `seed`, in inference mode."""
+    paddle.seed(seed)
+    untrained = network.build_net(state["arch"], checkpoint.sampler(state)[1], state["arch_args"])
+    untrained.eval()
+    return untrained
 
 
 def generate(G, num, seed, forward=None):
@@ -79,9 +88,9 @@ def generate(G, num, seed, forward=None):
     forward = forward or (lambda z: sample(G, z))
     z = np.random.default_rng(seed).standard_normal((num, G.args["z_dim"])).astype(np.float32)
     faces = np.concatenate([forward(z[i:i + BATCH])
-                            for i in tqdm(range(0, num, BATCH), desc="generate", unit="batch",
-                                          disable=num <= BATCH, leave=False)])
-    return enlarge(faces, G.args["size"])  # a progressive G below its final size: shown upsampled
+                            for i in progress(range(0, num, BATCH), desc="generate", unit="batch",
+                                              total=-(-num // BATCH), disable=num <= BATCH)])
+    return enlarge(faces, G.args["size"])  # a G drawing below its final size (an early stage): shown upsampled
 
 
 # ----------------------------------------------------------------------------- fast path
@@ -166,8 +175,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=cfg.out, help=f"folder for the PNGs (default: {cfg.out})")
     parser.add_argument("--num", type=int, default=cfg.num, help=f"faces to write (default: {cfg.num})")
     parser.add_argument("--seed", type=int, default=cfg.seed, help="same seed, same faces (default: random)")
-    parser.add_argument("--device", default=cfg.device, choices=["auto", "cpu", "gpu"],
-                        help="auto picks the GPU when paddlepaddle-gpu sees one (default: auto)")
+    runtime.add_device_option(parser, cfg.device)
     parser.add_argument("--engine", default=cfg.engine, choices=["auto", "inference", "dygraph"],
                         help="inference: Paddle Inference with oneDNN (CPU); dygraph: Paddle's eager mode; "
                              "auto: inference on the CPU, falling back to dygraph with a message (default: auto)")
@@ -184,17 +192,18 @@ def parse_args(argv=None):
 def main(argv=None):
     cfg, parser = parse_args(argv)
     try:
-        device = select_device(cfg.device)
+        device = runtime.select_device(cfg.device)
         G, state = load_generator(cfg.checkpoint)
-    except (CheckpointError, ConfigError) as e:
+    except (CheckpointError, runtime.ConfigError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    inference = network.architecture(state["arch"]).inference
     if cfg.engine == "inference" and device != "cpu":
         parser.exit(2, f"{parser.prog}: error: --engine inference runs on the CPU; add --device cpu\n")
-    if cfg.engine == "inference" and state["arch"] not in INFERENCE_ARCHS:
+    if cfg.engine == "inference" and not inference:
         parser.exit(2, f"{parser.prog}: error: --engine inference does not run --arch {state['arch']} "
-                       f"(Paddle Inference crashes building it); use --engine dygraph\n")
+                       f"(Paddle Inference fails to build it; see network.ARCHITECTURES); use --engine dygraph\n")
     forward, engine = None, "dygraph"
-    if cfg.engine == "inference" or (cfg.engine == "auto" and device == "cpu" and state["arch"] in INFERENCE_ARCHS):
+    if cfg.engine == "inference" or (cfg.engine == "auto" and device == "cpu" and inference):
         try:
             forward = fast_generator(G, cfg.checkpoint)
             engine = "Paddle Inference, oneDNN, " + ("bfloat16" if forward.bf16 else "float32")

@@ -3,7 +3,9 @@
 Blocks: ConvBlock (conv or transposed conv -> norm -> activation): D's downsampling step,
 and G's upsampling step through `up_block`. Networks are short compositions of them; each
 keeps its constructor arguments in `.args`, so a checkpoint can rebuild it with
-`build_generator(name, args)`.
+`build_net(name, role, args)`. ARCHITECTURES, at the end, describes each architecture as data:
+its networks, the arguments they take, its training method, and which fast paths it has.
+A new architecture is one composition of the blocks and one entry there.
 
 DCGAN (Radford et al. 2016, the tutorial's networks): G maps z (N x z_dim) to N x 3 x S x S
 in [-1, 1]; D maps N x 3 x S x S to N logits. S is any power of two from 8 up: the
@@ -18,9 +20,10 @@ norm, minibatch stddev, to-RGB / from-RGB per resolution, nearest upsampling and
 pooling; `set_stage(res, alpha)` chooses the resolution and fade (progressive.py schedules it).
 
 Example:
-    python -c "import network; G, D = network.build('dcgan', size=64); print(G)"
+    python -c "import network; print(network.build('dcgan', size=64)['G'])"
 """
 import warnings
+from dataclasses import dataclass
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle
@@ -28,6 +31,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, Normal
 
+from facedata import to_uint8
 from weightInit import dcgan_init
 
 # Paddle warns at the first BatchNorm forward in training mode that it tracks running statistics,
@@ -360,26 +364,54 @@ class PGGANDiscriminator(nn.Layer):
 
 # ----------------------------------------------------------------------------- registry
 
+@dataclass(frozen=True)
+class Architecture:
+    """An architecture as data: what train.py, generator.py and evaluate.py need to know of it."""
+    networks: dict             # role -> class; "G" maps z to faces, "D" scores images
+    args: tuple                # constructor arguments, from the training config (size: the data's)
+    method: str                # its training method, a key of train.METHODS
+    static_step: bool = False  # faststep.py builds its iteration as a static oneDNN program
+    inference: bool = False    # Paddle Inference runs its G (generator.py's CPU path)
+
+
 ARCHITECTURES = {
-    "dcgan": (DCGANGenerator, DCGANDiscriminator),
-    "torchblog": (TorchBlogGenerator, TorchBlogDiscriminator),
-    "pggan": (PGGANGenerator, PGGANDiscriminator),
+    "dcgan": Architecture({"G": DCGANGenerator, "D": DCGANDiscriminator}, ("size", "z_dim", "width"), "bce",
+                          static_step=True, inference=True),
+    # Paddle Inference 3.3 stops at the nearest upsampling ("ConvertPirAttribute2RuntimeAttribute
+    # not support"), and building a predictor for the PG-GAN G crashes the process (a segfault).
+    "torchblog": Architecture({"G": TorchBlogGenerator, "D": TorchBlogDiscriminator}, ("size", "z_dim", "width"),
+                              "bce"),
+    "pggan": Architecture({"G": PGGANGenerator, "D": PGGANDiscriminator}, ("size", "z_dim", "fmap_base", "fmap_max"),
+                          "progressive"),
 }
 
 
+def architecture(name):
+    """The registry entry of `name`; ValueError naming the known ones."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
 def build(name, **args):
-    """(G, D) of architecture `name` built with `args`; freshly initialised."""
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
-    G, D = ARCHITECTURES[name]
-    return G(**args), D(**args)
+    """{role: network} of architecture `name` built with `args`, freshly initialised, in the entry's order."""
+    return {role: net(**args) for role, net in architecture(name).networks.items()}
 
 
-def build_generator(name, args):
-    """G alone, as stored in a checkpoint: its architecture name and arguments."""
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name][0](**args)
+def build_net(name, role, args):
+    """One network of architecture `name` (its `role`, as "G"), as a checkpoint stores it: arguments only."""
+    return architecture(name).networks[role](**args)
+
+
+def sample(net, z):
+    """`net`'s faces for the noise `z`, as uint8 N x H x W x 3, with BatchNorm in inference mode."""
+    was_training = net.training
+    net.eval()
+    with paddle.no_grad():
+        images = to_uint8(net(paddle.to_tensor(z)).numpy())
+    if was_training:
+        net.train()
+    return images
 
 
 def count_parameters(net):

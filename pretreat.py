@@ -28,9 +28,9 @@ from datetime import datetime, timezone
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from facedata import FORMAT, IMAGES_FILE, MANIFEST_FILE, DatasetError, read_manifest, write_json
+from logs import progress
 
 CELEBA_NAMES = ("img_align_celeba", "img_align_celeba.zip")
 EMBEDDED = "embedded:skimage.data.lfw_subset[:100]"
@@ -270,7 +270,7 @@ def up_to_date(out, request):
     return manifest if manifest.get("request") == request else None
 
 
-def write_images(source, size, crop, workers, tmp_path, progress):
+def write_images(source, size, crop, workers, tmp_path):
     """Decode, crop and resize every file of `source` into a new .npy at `tmp_path`.
 
     Returns (written, skipped): threads decode chunks of files, this thread alone writes
@@ -296,7 +296,7 @@ def write_images(source, size, crop, workers, tmp_path, progress):
     cv2.setNumThreads(1)  # parallelism comes from our threads; OpenCV's own pool would only contend
     try:
         with concurrent.futures.ThreadPoolExecutor(workers) as executor, \
-                tqdm(total=len(names), unit="img", desc="pretreat", disable=not progress) as bar:
+                progress(total=len(names), unit="img", desc="pretreat") as bar:
             starts = range(0, len(names), CHUNK)
             for start, results in zip(starts, ordered_map(executor, work, starts, in_flight=2 * workers)):
                 for name, (image, reason) in zip(names[start:start + CHUNK], results):
@@ -321,7 +321,7 @@ def write_images(source, size, crop, workers, tmp_path, progress):
     return written, skipped
 
 
-def build(cfg, progress=True):
+def build(cfg):
     """Write the dataset described by `cfg` unless it is up to date; returns its manifest.
 
     Raises DatasetError for a source with no readable image. Until the new array and
@@ -351,7 +351,7 @@ def build(cfg, progress=True):
                 written, skipped = len(faces), []
             else:
                 workers = cfg.workers or os.cpu_count() or 1
-                written, skipped = write_images(source, size, cfg.crop, workers, tmp_path, progress)
+                written, skipped = write_images(source, size, cfg.crop, workers, tmp_path)
             if written == 0:
                 raise DatasetError(f"no readable image in {src}: point --src at a folder or zip of JPEG/PNG files")
             if os.path.exists(manifest_path):

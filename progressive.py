@@ -1,7 +1,7 @@
 """Progressive growing (Karras et al. 2018): the schedule, the WGAN-GP losses, G's moving average.
 
-The networks are network.PGGANGenerator / PGGANDiscriminator; train.py --arch pggan runs this
-recipe with them:
+The networks are network.PGGANGenerator / PGGANDiscriminator; ProgressiveMethod is the
+recipe that train.py --arch pggan runs with them (network.ARCHITECTURES names it):
 
 - Schedule in images shown (`stage`): 4x4 first stabilises for one phase, then each next
   resolution fades in for a phase (alpha 0 -> 1) and stabilises for another; after the
@@ -21,10 +21,16 @@ Example:
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle
 
+import network
+from balance import make_optimizer
+from control import weight_checks
+from methods import Method, choose_step, frozen, update
 from network import downsample, upsample
+from runtime import ConfigError
 
 GP_WEIGHT, DRIFT = 10.0, 0.001   # the official loss weights
 EMA_BETA = 0.999
+BATCH_SIZES = "4:32,8:32,16:16,32:16,64:16"  # CPU-sized: more updates per phase than the official 4:128 ... 64:16
 
 
 def stage(images_seen, phase_images, size):
@@ -95,10 +101,10 @@ def ema_update(G_ema, G, beta=EMA_BETA):
             e.set_value(e * beta + p * (1.0 - beta))
 
 
-def iteration(G, D, G_ema, opt_G, opt_D, real, z_dim, res, alpha, reduce=None, updates=None):
+def iteration(G, D, G_ema, opt_G, opt_D, real, z_dim, res, alpha, updates, reduce=None):
     """One D step and one G step of WGAN-GP at (res, alpha); returns the numbers for the log.
 
-    `updates`: G updates before this one, for the moving average's warm-up (None: plain 0.999).
+    `updates`: G updates before this one, for the moving average's warm-up.
     """
     for net in (G, D, G_ema):
         net.set_stage(res, alpha)
@@ -110,25 +116,101 @@ def iteration(G, D, G_ema, opt_G, opt_D, real, z_dim, res, alpha, reduce=None, u
     gp = gradient_penalty(D, real, fake)
     wasserstein = score_fake.mean() - score_real.mean()
     loss_D = wasserstein + gp + DRIFT * (score_real * score_real).mean()
-    opt_D.clear_grad()
-    loss_D.backward()
-    if reduce:
-        reduce(opt_D)
-    opt_D.step()
-
-    params = [p for p in D.parameters() if not p.stop_gradient]
-    for p in params:  # G's update needs no D weight gradients
-        p.stop_gradient = True
-    try:
+    update(opt_D, loss_D, reduce)
+    with frozen(D):  # G's update needs no D weight gradients
         loss_G = -D(G(paddle.randn([n, z_dim]))).mean()
-        opt_G.clear_grad()
-        loss_G.backward()
-        if reduce:
-            reduce(opt_G)
-        opt_G.step()
-    finally:
-        for p in params:
-            p.stop_gradient = False
-    ema_update(G_ema, G, EMA_BETA if updates is None else ema_beta(updates))
+        update(opt_G, loss_G, reduce)
+    ema_update(G_ema, G, ema_beta(updates))
     return {"loss_D": float(loss_D), "loss_G": float(loss_G), "gp": float(gp), "wasserstein": float(-wasserstein),
             "D_real": float(score_real.mean()), "D_fake": float(score_fake.mean())}
+
+
+class ProgressiveMethod(Method):
+    """PG-GAN's recipe: the stage from images shown, a fresh Adam per phase, WGAN-GP, G's moving average.
+
+    The moving average ("G_ema") is what samples, evaluation and generator.py draw with, at
+    the stage the run has reached; batch sizes follow the resolution (--batch-sizes).
+    """
+    sampler = "G_ema"
+    loss_label = "WGAN-GP loss"
+    DEFAULTS = dict(z_dim=512, lr=1e-3, beta1=0.0, beta2=0.99, batch_sizes=BATCH_SIZES)
+    PHASE_KIMG = 100        # thousands of images per phase, except on the built-in faces: one epoch
+
+    @classmethod
+    def defaults(cls, cfg, embedded):
+        return {**cls.DEFAULTS, "phase_kimg": cfg.epoch_images / 1000 if embedded else cls.PHASE_KIMG}
+
+    @classmethod
+    def default_help(cls, name):
+        if name == "phase_kimg":
+            return f"{cls.PHASE_KIMG}; one epoch on the built-in faces"
+        return super().default_help(name)
+
+    @classmethod
+    def share_batches(cls, values, world):
+        def per_process(batch):  # minibatch stddev takes groups of 4: keep batches above 4 multiples of 4
+            batch = max(1, batch // world)
+            return batch - batch % 4 if batch > 4 else batch
+        table = parse_batch_sizes(values["batch_sizes"])
+        return {**values, "batch_sizes": ",".join(f"{r}:{per_process(b)}" for r, b in table.items())}
+
+    def __init__(self, cfg, arch, size, procs):
+        super().__init__(cfg, arch, size, procs)
+        G_ema = network.build_net(arch, "G", self.args)
+        G_ema.set_state_dict(self.nets["G"].state_dict())
+        self.nets["G_ema"] = G_ema
+        self.new_optimizers()
+        self.size, self.phase_images = size, max(1, round(cfg.phase_kimg * 1000))
+
+    def new_optimizers(self):
+        """Fresh Adam state, as the official code at the start of every phase."""
+        cfg = self.cfg
+        self.opts = {name: make_optimizer("adam", cfg.lr, cfg.beta1, cfg.beta2, self.nets[name].parameters())
+                     for name in ("G", "D")}
+
+    def batching(self, size):
+        spec = self.cfg.batch_sizes
+        try:
+            table = parse_batch_sizes(spec)
+            sizes = {r: batch_size(table, r) for r in network.pggan_channels(size, 1, 1)}
+        except ValueError as e:
+            raise ConfigError(f"--batch-sizes {spec}: {e}") from None
+        if any(b % 4 and b > 4 for b in sizes.values()):
+            raise ConfigError(f"--batch-sizes {spec}: minibatch stddev takes groups of 4 images, "
+                              "so each batch must be a multiple of 4")
+        return max(sizes.values()), lambda shown: sizes[self.at(shown)[0]], "--batch-sizes"
+
+    def at(self, images_seen):
+        """(resolution, alpha, phase) after `images_seen` images."""
+        return stage(images_seen, self.phase_images, self.size)
+
+    def start(self, pos, device):
+        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world, plain=True)
+        self.phase = self.at(pos.images_seen)[2]
+        self.G_run, self.D_run = self.procs.wrap(self.nets["G"]), self.procs.wrap(self.nets["D"])
+
+    def step(self, real, pos):
+        res, alpha, phase = self.at(pos.images_seen)
+        if phase != self.phase:
+            self.new_optimizers()
+            self.phase = phase
+        stats = iteration(self.G_run, self.D_run, self.nets["G_ema"], self.opts["G"], self.opts["D"], real,
+                          self.cfg.z_dim, res, alpha, pos.iteration, self.procs.reduce)
+        return dict(stats, res=res, alpha=round(alpha, 4)), weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
+
+    def state(self, pos):
+        return {"stage": dict(zip(("res", "alpha", "phase"), self.at(pos.images_seen)))}
+
+    def stage(self, pos):
+        res, alpha, _ = self.at(pos.images_seen)
+        return {"res": res, "alpha": alpha}
+
+    def log_fields(self, stats):
+        return {"res": stats["res"], "alpha": stats["alpha"]}
+
+    def summary(self, record):
+        return f", {record['res']}x{record['res']} alpha {record['alpha']:.2f}"
+
+    def describe(self):
+        channels = "/".join(str(c) for c in self.nets["G"].nf.values())
+        return f"batches {self.cfg.batch_sizes}, {self.cfg.phase_kimg:g}k images per phase, channels {channels}"

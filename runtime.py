@@ -11,6 +11,9 @@ also drops two import-time messages that do not apply here: ccache
 and data-parallel runs; this MKL build runs threads fine, and launched processes divide the
 cores).
 
+It also holds what every script that runs Paddle shares: the --device option, choosing the
+device, and ConfigError, the exception for options that cannot work.
+
 Example:
     OMP_NUM_THREADS=1 python train.py      # your own setting wins
 """
@@ -59,3 +62,31 @@ if "paddle" not in sys.modules:  # once Paddle is loaded, these variables no lon
     os.environ.update(thread_settings(os.environ, os.cpu_count() or 1, cpu_vendor()))
     os.environ.setdefault("GLOG_minloglevel", "1")  # Paddle's C++ INFO lines off; its warnings stay
     _import_paddle()
+
+
+# ----------------------------------------------------------------------------- device
+
+DEVICES = ("auto", "cpu", "gpu")
+DEVICE_HELP = "auto picks the GPU when paddlepaddle-gpu sees one, else the CPU"
+
+
+class ConfigError(Exception):
+    """Options that cannot work with this dataset or machine; the message says what to change."""
+
+
+def add_device_option(parser, default="auto"):
+    """The --device option, the same in every script."""
+    parser.add_argument("--device", default=default, choices=DEVICES, help=f"{DEVICE_HELP} (default: {default})")
+
+
+def select_device(name):
+    """Set and return Paddle's device: 'gpu' when asked or when auto finds one, else 'cpu'."""
+    import paddle
+
+    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if name == "gpu" and not has_gpu:
+        raise ConfigError("--device gpu, but this Paddle sees no GPU: install paddlepaddle-gpu "
+                          "(see README) or use --device cpu")
+    device = "gpu" if name == "gpu" or (name == "auto" and has_gpu) else "cpu"
+    paddle.set_device(device)
+    return device

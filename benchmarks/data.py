@@ -85,7 +85,7 @@ def run_pretreat(src, out, size, workers):
         "import json, resource, sys, time; sys.path.insert(0, sys.argv[1]); import pretreat\n"
         "cfg = pretreat.PretreatConfig(src=sys.argv[2], out=sys.argv[3], size=int(sys.argv[4]),\n"
         "                              workers=int(sys.argv[5]) or None, force=True)\n"
-        "t = time.perf_counter(); m = pretreat.build(cfg, progress=False); dt = time.perf_counter() - t\n"
+        "t = time.perf_counter(); m = pretreat.build(cfg); dt = time.perf_counter() - t\n"
         "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
         "print(json.dumps({'seconds': dt, 'rss_mb': rss, 'count': m['count'], 'skipped': m['skipped_count']}))\n"
     )

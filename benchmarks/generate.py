@@ -21,14 +21,13 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import runtime  # noqa: E402,F401  (before Paddle: thread and MKL settings)
+import runtime  # noqa: E402  (before Paddle: thread and MKL settings)
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 import generator  # noqa: E402
 import network  # noqa: E402
 from checkpoint import FORMAT, save as save_checkpoint  # noqa: E402
-import train  # noqa: E402
 
 
 @dataclass
@@ -45,13 +44,13 @@ class GenBenchConfig:
 
 def measure(cfg):
     """Median img/s of generator.py's path (export + Paddle Inference, or eager) on fresh noise."""
-    device = train.select_device(cfg.device)
+    device = runtime.select_device(cfg.device)
     paddle.seed(0)
-    G = network.build_generator("dcgan", dict(size=cfg.size, width=cfg.width, z_dim=100))
+    G = network.build_net("dcgan", "G", dict(size=cfg.size, width=cfg.width, z_dim=100))
     G.eval()
     z = np.random.default_rng(0).standard_normal((cfg.batch, 100)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        forward, path = (lambda v: train.sample(G, v)), "dygraph"
+        forward, path = (lambda v: network.sample(G, v)), "dygraph"
         if cfg.engine == "inference":
             checkpoint = os.path.join(tmp, "checkpoint.pdparams")
             save_checkpoint(checkpoint, {"format": FORMAT, "arch": "dcgan", "arch_args": G.args, "G": G.state_dict()})

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import runtime  # noqa: E402,F401  (before Paddle: thread and MKL settings)
+import runtime  # noqa: E402  (before Paddle: thread and MKL settings)
 import paddle  # noqa: E402
 
-import faststep  # noqa: E402
 import network  # noqa: E402
 import train  # noqa: E402
+from control import Processes  # noqa: E402
 
 
 @dataclass
@@ -46,24 +46,18 @@ class StepBenchConfig:
 
 def measure(cfg):
     """Median img/s of cfg.repeats timings of cfg.steps training steps."""
-    device = train.select_device(cfg.device)
+    device = runtime.select_device(cfg.device)
+    run = train.TrainConfig(arch=cfg.arch, size=cfg.size, batch_size=cfg.batch, width=cfg.width, g_steps=cfg.g_steps,
+                            step=cfg.step, epoch_images=cfg.batch)
+    run = train.resolve_defaults(run, {"count": cfg.batch}, 1)
     paddle.seed(0)
-    G, D = network.build(cfg.arch, size=cfg.size, width=cfg.width)
-    opt_G = paddle.optimizer.Adam(learning_rate=2e-4, beta1=0.5, parameters=G.parameters())
-    opt_D = paddle.optimizer.Adam(learning_rate=2e-4, beta1=0.5, parameters=D.parameters())
+    method = train.METHODS[network.architecture(cfg.arch).method](run, cfg.arch, cfg.size, Processes())
+    method.start(train.Position(), device)
+    path = method.path
     real = paddle.uniform([cfg.batch, 3, cfg.size, cfg.size], min=-1, max=1)
-    z_dim = G.args["z_dim"]
 
-    path = train.choose_step(cfg.step, device, cfg.arch)
-    if path == "static":
-        fast = faststep.FastStep(cfg.arch, G.args, cfg.batch, 2e-4, 0.5, 0.999, d_steps=1, g_steps=cfg.g_steps)
-        fast.load(G, D, opt_G, opt_D)
-
-    def step():  # train.py's own iteration; it returns floats, so the work has finished
-        if path == "static":
-            fast(real)
-        else:
-            train.train_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps=1, g_steps=cfg.g_steps)
+    def step():  # train.py's own iteration through the architecture's method; it returns floats: the work is done
+        method.step(real, train.Position())
 
     for _ in range(cfg.warmup):
         step()
@@ -93,7 +87,7 @@ def main(argv=None):
             parser.error(f"--{name} must be at least 1, got {getattr(cfg, name)}")
     try:
         print(json.dumps(measure(cfg)))
-    except train.ConfigError as e:
+    except runtime.ConfigError as e:
         parser.error(str(e))
 
 

@@ -59,7 +59,7 @@ def celeba_zip(celeba_folder, tmp_path_factory):
 
 def build_dataset(out, **options):
     """pretreat.build with `options`, quietly; returns the manifest."""
-    return pretreat.build(pretreat.PretreatConfig(out=str(out), **options), progress=False)
+    return pretreat.build(pretreat.PretreatConfig(out=str(out), **options))
 
 
 @pytest.fixture(scope="session")

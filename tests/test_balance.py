@@ -10,6 +10,7 @@ import pytest
 import balance
 import checkpoint
 import generator
+import methods
 import network
 import train
 from balance import Tricks, l2_step, label_targets, margin_rule, rmsprop_lr
@@ -108,7 +109,7 @@ def test_a_too_strong_D_waits_and_a_too_weak_D_stops_G(real_logit, fake_logit, s
     tricks = Tricks(balance="margin", margin=0.3)
     before = {k: v.numpy().copy() for k, v in G.state_dict().items() if not k.endswith(("_mean", "_variance"))}
     for _ in range(5):
-        stats = train.train_iteration(G, D, opt_G, opt_D, real, 100, g_steps=2, tricks=tricks)
+        stats = methods.bce_iteration(G, D, opt_G, opt_D, real, 100, 1, 2, tricks)
     moved = any(not np.array_equal(v, G.state_dict()[k].numpy()) for k, v in before.items())
     if skipped == "D":  # errors near 0: D is not updated, G goes on learning
         assert (tricks.d_skips, tricks.g_skips, tricks.d_updates, tricks.g_updates) == (5, 0, 0, 10) and moved
@@ -121,11 +122,11 @@ def test_a_too_strong_D_waits_and_a_too_weak_D_stops_G(real_logit, fake_logit, s
 
 def test_torchblog_networks_at_every_size():
     for size in (8, 16, 32, 64):
-        G, D = network.build("torchblog", size=size, width=8)
+        G, D = network.build("torchblog", size=size, width=8).values()
         faces = G(paddle.randn([3, 100]))
         assert faces.shape == [3, 3, size, size] and float(faces.abs().max()) <= 1
         assert D(faces).shape == [3]
-    G, D = network.build("torchblog", size=64, width=64)  # the blog's channels
+    G, D = network.build("torchblog", size=64, width=64).values()  # the blog's channels
     assert G.dense.weight.shape == [100, 128 * 8 * 8] and D.head[0].weight.shape == [96 * 8 * 8, 1024]
     assert [b[1].conv.weight.shape[0] for b in G.main[:3]] == [256, 256, 128]
     assert not [m for m in D.sublayers() if isinstance(m, paddle.nn.BatchNorm2D)]
@@ -135,7 +136,7 @@ def test_torchblog_with_margin_and_rmsprop_trains_resumes_and_generates(lfw8, tm
     cfg = train.TrainConfig(data=lfw8, out=str(tmp_path / "run"), arch="torchblog", balance="margin",
                             optimizer="rmsprop", real_label=0.9, label_jitter=0.05, flip_labels=0.05, epochs=2,
                             batch_size=16, epoch_images=64, width=8, log_every=1, device="cpu")
-    whole = checkpoint.load(train.train(cfg, progress=False))
+    whole = checkpoint.load(train.train(cfg))
     assert whole["config"]["lr"] == 1e-3 and whole["method"]["balance"] == "margin"
     assert whole["method"]["d_updates"] + whole["method"]["d_skips"] == 8
     records = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
@@ -144,8 +145,8 @@ def test_torchblog_with_margin_and_rmsprop_trains_resumes_and_generates(lfw8, tm
 
     # stopped after epoch 1 and resumed: the same weights, dropout and label noise included
     part = train.TrainConfig(**{**vars(cfg), "out": str(tmp_path / "parts"), "epochs": 1})
-    train.train(part, progress=False)
-    resumed = checkpoint.load(train.train(train.TrainConfig(**{**vars(part), "epochs": 2}), progress=False))
+    train.train(part)
+    resumed = checkpoint.load(train.train(train.TrainConfig(**{**vars(part), "epochs": 2})))
     for k, v in whole["G"].items():
         np.testing.assert_array_equal(resumed["G"][k], v, err_msg=k)
     assert resumed["method"] == whole["method"]
@@ -158,7 +159,7 @@ def test_torchblog_with_margin_and_rmsprop_trains_resumes_and_generates(lfw8, tm
 def test_l2_balance_moves_its_coefficient(lfw8, tmp_path):
     cfg = train.TrainConfig(data=lfw8, out=str(tmp_path), balance="l2", epochs=1, batch_size=16, epoch_images=64,
                             width=8, log_every=1, device="cpu")
-    state = checkpoint.load(train.train(cfg, progress=False))
+    state = checkpoint.load(train.train(cfg))
     records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     expected = 0.0
     for r in records:  # each iteration's loss_G moved the coefficient by the rule
@@ -180,6 +181,6 @@ def test_bad_balance_flags(args, phrase, tmp_path):
 
 def test_the_static_step_refuses_tricks():
     with pytest.raises(train.ConfigError, match="--step static runs the tutorial's Adam"):
-        train.choose_step("static", "cpu", "dcgan", plain=False)
-    assert train.choose_step("auto", "cpu", "dcgan", plain=False) == "dygraph"
-    assert train.choose_step("auto", "cpu", "torchblog") == "dygraph"
+        methods.choose_step("static", "cpu", "dcgan", 1, plain=False)
+    assert methods.choose_step("auto", "cpu", "dcgan", 1, plain=False) == "dygraph"
+    assert methods.choose_step("auto", "cpu", "torchblog", 1, plain=True) == "dygraph"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import evaluate
+import metrics
 import train
 from conftest import assert_user_error, run_script
 
@@ -20,9 +21,9 @@ def noise(shape, seed=0):
 
 
 def test_swd_of_a_set_and_itself_is_zero_and_of_noise_large(faces):
-    same_levels, same = evaluate.swd(faces[:50], faces[:50])
-    _, other_half = evaluate.swd(faces[:50], faces[50:])
-    _, vs_noise = evaluate.swd(faces[:50], noise(faces[:50].shape))
+    same_levels, same = metrics.swd(faces[:50], faces[:50])
+    _, other_half = metrics.swd(faces[:50], faces[50:])
+    _, vs_noise = metrics.swd(faces[:50], noise(faces[:50].shape))
     assert list(same_levels) == [32, 16]
     assert same == 0
     assert 0 < other_half < vs_noise / 3  # two halves of real faces are close; noise is far
@@ -30,20 +31,20 @@ def test_swd_of_a_set_and_itself_is_zero_and_of_noise_large(faces):
 
 def test_swd_is_symmetric(faces):
     a, b = faces[:40], np.ascontiguousarray(faces[40:80, :, ::-1])
-    assert evaluate.swd(a, b, seed=3) == evaluate.swd(b, a, seed=3)
+    assert metrics.swd(a, b, seed=3) == metrics.swd(b, a, seed=3)
 
 
 def test_swd_levels_go_down_to_16():
-    assert evaluate.swd_levels(64) == [64, 32, 16]
-    assert evaluate.swd_levels(128) == [128, 64, 32, 16]
-    assert evaluate.swd_levels(8) == [8]
+    assert metrics.swd_levels(64) == [64, 32, 16]
+    assert metrics.swd_levels(128) == [128, 64, 32, 16]
+    assert metrics.swd_levels(8) == [8]
 
 
 def test_laplacian_pyramid_reconstructs_its_input(faces):
     x = faces[:4].transpose(0, 3, 1, 2).astype(np.float32)
-    pyramid = evaluate.laplacian_pyramid(x, 3)
+    pyramid = metrics.laplacian_pyramid(x, 3)
     assert [p.shape[2] for p in pyramid] == [32, 16, 8]
-    np.testing.assert_allclose(evaluate.reconstruct(pyramid), x, atol=1e-3)
+    np.testing.assert_allclose(metrics.reconstruct(pyramid), x, atol=1e-3)
     # The band-pass levels hold detail only: their mean is near 0, unlike the images'.
     assert abs(pyramid[0].mean()) < 2 and x.mean() > 50
 
@@ -51,40 +52,40 @@ def test_laplacian_pyramid_reconstructs_its_input(faces):
 def test_pyr_down_matches_opencv(faces):
     import cv2
     x = faces[:1].astype(np.float32)
-    ours = evaluate.pyr_down(x.transpose(0, 3, 1, 2))[0].transpose(1, 2, 0)
+    ours = metrics.pyr_down(x.transpose(0, 3, 1, 2))[0].transpose(1, 2, 0)
     np.testing.assert_allclose(ours, cv2.pyrDown(x[0]), atol=1e-3)
 
 
 def test_ms_ssim_of_identical_pairs_is_one_and_falls_with_difference(faces):
-    assert evaluate.ms_ssim(faces[:6], faces[:6]) == pytest.approx(1.0, abs=1e-6)
-    assert evaluate.ms_ssim(faces[:6], faces[6:12]) < 0.6
-    assert evaluate.ms_ssim(faces[:6], noise(faces[:6].shape)) < 0.1
+    assert metrics.ms_ssim(faces[:6], faces[:6]) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.ms_ssim(faces[:6], faces[6:12]) < 0.6
+    assert metrics.ms_ssim(faces[:6], noise(faces[:6].shape)) < 0.1
 
 
 def test_diversity_of_one_repeated_face_is_one(faces):
-    assert evaluate.diversity(np.repeat(faces[:1], 8, axis=0)) == pytest.approx(1.0, abs=1e-6)
-    assert evaluate.diversity(faces[:40]) < 0.5
+    assert metrics.diversity(np.repeat(faces[:1], 8, axis=0)) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.diversity(faces[:40]) < 0.5
 
 
 def test_memorization_flags_copies_and_not_noise(faces):
     train_set = faces[:80]
     copies = np.concatenate([faces[:5], faces[5:10, :, ::-1]])  # plain and mirrored copies
-    result = evaluate.memorization(copies, train_set)
+    result = metrics.memorization(copies, train_set)
     assert result["copies"] == 10 and result["fraction"] == 1.0
-    assert evaluate.memorization(noise((10, 32, 32, 3)), train_set)["copies"] == 0
-    assert evaluate.memorization(faces[80:100], train_set)["copies"] == 0  # other real faces are no copies
+    assert metrics.memorization(noise((10, 32, 32, 3)), train_set)["copies"] == 0
+    assert metrics.memorization(faces[80:100], train_set)["copies"] == 0  # other real faces are no copies
 
 
 def test_nearest_distances_skip_self():
     x = np.float32([[0, 0], [3, 4], [6, 8]])
-    np.testing.assert_allclose(evaluate.nearest_distances(x, x), [0, 0, 0])
-    np.testing.assert_allclose(evaluate.nearest_distances(x, x, skip=np.arange(3), chunk=2), [5, 5, 5])
+    np.testing.assert_allclose(metrics.nearest_distances(x, x), [0, 0, 0])
+    np.testing.assert_allclose(metrics.nearest_distances(x, x, skip=np.arange(3), chunk=2), [5, 5, 5])
 
 
 def test_cli_scores_a_trained_checkpoint_below_its_untrained_network(lfw8, tmp_path):
     cfg = train.TrainConfig(data=lfw8, out=str(tmp_path), epochs=2, batch_size=32, epoch_images=3200, width=32,
                             flip=True, device="cpu")
-    checkpoint = train.train(cfg, progress=False)
+    checkpoint = train.train(cfg)
     result = run_script("evaluate.py", "--checkpoint", checkpoint, "--data", lfw8, "--num", 40, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "SWD avg" in result.stdout and "real (floor)" in result.stdout
@@ -98,7 +99,7 @@ def test_cli_scores_a_trained_checkpoint_below_its_untrained_network(lfw8, tmp_p
 def test_train_records_swd_when_asked(lfw8, tmp_path):
     cfg = train.TrainConfig(data=lfw8, out=str(tmp_path), epochs=1, batch_size=16, epoch_images=64, width=8,
                             eval_every=2, device="cpu")
-    train.train(cfg, progress=False)
+    train.train(cfg)
     records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     evals = [r for r in records if "swd_x1e3" in r]
     assert [r["iteration"] for r in evals] == [2, 4]
@@ -113,12 +114,12 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
 
 def test_ms_ssim_on_images_smaller_than_five_scales(faces):
     small = faces[:4, ::4, ::4]  # 8x8: four scales
-    assert evaluate.ms_ssim(small, small) == pytest.approx(1.0, abs=1e-6)
-    assert evaluate.ms_ssim(small[:2], small[2:]) < 1
+    assert metrics.ms_ssim(small, small) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.ms_ssim(small[:2], small[2:]) < 1
 
 
 def test_memorization_reads_the_training_set_in_chunks(faces):
     fakes = np.concatenate([faces[:3], noise((5, 32, 32, 3))])
-    whole = evaluate.memorization(fakes, faces[:90], chunk=4096)
-    assert evaluate.memorization(fakes, faces[:90], chunk=7) == pytest.approx(whole)
+    whole = metrics.memorization(fakes, faces[:90], chunk=4096)
+    assert metrics.memorization(fakes, faces[:90], chunk=7) == pytest.approx(whole)
     assert whole["copies"] == 3

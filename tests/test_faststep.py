@@ -4,14 +4,17 @@ import paddle
 import pytest
 
 import checkpoint
+import control
 import faststep
+import methods
 import network
 import train
+from balance import Tricks
 
 
 def setup(seed=1, size=16, width=8):
     paddle.seed(seed)
-    G, D = network.build("dcgan", size=size, width=width)
+    G, D = network.build("dcgan", size=size, width=width).values()
     adam = dict(learning_rate=2e-4, beta1=0.5, beta2=0.999)
     return G, D, paddle.optimizer.Adam(parameters=G.parameters(), **adam), paddle.optimizer.Adam(parameters=D.parameters(), **adam)
 
@@ -39,16 +42,16 @@ def test_static_step_equals_the_dygraph_step(d_steps, g_steps):
     # one dygraph iteration on both first, so `load` carries real Adam moments across
     for objects in (plain, static):
         paddle.seed(5)
-        train.train_iteration(*objects, real[0], 100, d_steps, g_steps)
+        methods.bce_iteration(*objects, real[0], 100, d_steps, g_steps, Tricks())
     step = faststep.FastStep("dcgan", plain[0].args, batch, 2e-4, 0.5, 0.999, d_steps, g_steps)
     step.load(*static)
     for i, x in enumerate(real):
         paddle.seed(10 + i)
-        expected = train.train_iteration(*plain, x, 100, d_steps, g_steps)
+        expected = methods.bce_iteration(*plain, x, 100, d_steps, g_steps, Tricks())
         paddle.seed(10 + i)
         got = step(x)
         checks = [got.pop("G_check"), got.pop("D_check")]
-        assert checks == pytest.approx(train.weight_checks(plain[0], plain[1]), rel=1e-4)
+        assert checks == pytest.approx(list(control.weight_checks({"G": plain[0], "D": plain[1]}).values()), rel=1e-4)
         assert set(got) == set(expected)
         for k in expected:
             assert got[k] == pytest.approx(expected[k], rel=1e-4), (i, k)
@@ -72,7 +75,7 @@ def test_store_then_load_round_trips_and_training_continues_in_dygraph():
     for k, v in state(*fresh).items():
         np.testing.assert_array_equal(v, first[k], err_msg=k)
     before = state(*fresh)
-    train.train_iteration(*fresh, paddle.uniform([4, 3, 16, 16], min=-1, max=1), 100)  # the stored moments are used
+    methods.bce_iteration(*fresh, paddle.uniform([4, 3, 16, 16], min=-1, max=1), 100, 1, 2, Tricks())  # the stored moments are used
     assert not np.array_equal(state(*fresh)["G.main.0.conv.weight.moment1_0"], before["G.main.0.conv.weight.moment1_0"])
 
 
@@ -105,9 +108,9 @@ def test_a_batch_of_another_size_is_refused():
 def test_choose_step(name, device, arch, expected):
     if expected.startswith("--"):
         with pytest.raises(train.ConfigError, match=expected):
-            train.choose_step(name, device, arch)
+            methods.choose_step(name, device, arch, 1, plain=True)
     else:
-        assert train.choose_step(name, device, arch) == expected
+        assert methods.choose_step(name, device, arch, 1, plain=True) == expected
 
 
 def test_training_runs_on_either_step_to_the_same_weights(lfw8, tmp_path):
@@ -115,7 +118,7 @@ def test_training_runs_on_either_step_to_the_same_weights(lfw8, tmp_path):
     for step in ("static", "dygraph"):
         cfg = train.TrainConfig(data=lfw8, out=str(tmp_path / step), epochs=1, batch_size=16, epoch_images=64,
                                 width=8, sample_every=100, device="cpu", step=step)
-        runs[step] = checkpoint.load(train.train(cfg, progress=False))
+        runs[step] = checkpoint.load(train.train(cfg))
     for part in ("G", "D"):
         for k, v in runs["dygraph"][part].items():
             np.testing.assert_allclose(runs["static"][part][k], v, rtol=1e-3, atol=1e-5, err_msg=k)

@@ -8,7 +8,7 @@ import network
 
 @pytest.mark.parametrize("size", [32, 64, 128])
 def test_dcgan_shapes(size):
-    G, D = network.build("dcgan", size=size)
+    G, D = network.build("dcgan", size=size).values()
     z = paddle.randn([2, 100])
     fake = G(z)
     assert fake.shape == [2, 3, size, size]
@@ -19,7 +19,7 @@ def test_dcgan_shapes(size):
 def test_dcgan64_is_the_tutorials_network():
     ch = network.dcgan_channels(64, 64)
     assert ch == {4: 512, 8: 256, 16: 128, 32: 64}
-    G, D = network.build("dcgan", size=64)
+    G, D = network.build("dcgan", size=64).values()
     # The PyTorch DCGAN (no biases) has these counts: conv weights + BN weights and biases.
     assert network.count_parameters(G) == 3576704 + 2 * (512 + 256 + 128 + 64)
     assert network.count_parameters(D) == 2765568 + 2 * (128 + 256 + 512)
@@ -35,7 +35,7 @@ def test_sizes_that_are_not_powers_of_two_are_refused():
 
 def test_initial_statistics():
     paddle.seed(1)
-    G, D = network.build("dcgan", size=64)
+    G, D = network.build("dcgan", size=64).values()
     layers = G.sublayers() + D.sublayers()
     convs = np.concatenate([m.weight.numpy().ravel() for m in layers
                             if isinstance(m, (paddle.nn.Conv2D, paddle.nn.Conv2DTranspose))])
@@ -49,8 +49,8 @@ def test_initial_statistics():
 
 def test_two_models_in_one_process_are_independent():
     paddle.seed(0)
-    G1, _ = network.build("dcgan", size=32)
-    G2, _ = network.build("dcgan", size=32)
+    G1, _ = network.build("dcgan", size=32).values()
+    G2, _ = network.build("dcgan", size=32).values()
     w1, w2 = G1.main[0].conv.weight.numpy(), G2.main[0].conv.weight.numpy()
     assert w1.shape == w2.shape and not np.array_equal(w1, w2)
     G2.set_state_dict(G1.state_dict())
@@ -58,7 +58,7 @@ def test_two_models_in_one_process_are_independent():
 
 
 def test_generator_rebuilds_from_its_arguments():
-    G, _ = network.build("dcgan", size=32, width=16, z_dim=20)
-    again = network.build_generator("dcgan", G.args)
+    G, _ = network.build("dcgan", size=32, width=16, z_dim=20).values()
+    again = network.build_net("dcgan", "G", G.args)
     assert again.args == {"size": 32, "z_dim": 20, "width": 16}
     assert again(paddle.randn([1, 20])).shape == [1, 3, 32, 32]

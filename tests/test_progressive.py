@@ -17,7 +17,7 @@ SMALL = dict(size=16, z_dim=32, fmap_base=64, fmap_max=16)
 
 def nets(seed=0):
     paddle.seed(seed)
-    return network.build("pggan", **SMALL)
+    return network.build("pggan", **SMALL).values()
 
 
 @pytest.mark.parametrize("res", [4, 8, 16])
@@ -147,7 +147,7 @@ def tiny(data, out, **over):
 def test_pggan_grows_samples_at_each_resolution_resumes_mid_fade_and_generates(lfw8, tmp_path, monkeypatch):
     # 64 images per phase and per epoch: epoch 1 at 4x4 (4 batches of 16), epoch 2 fades 8x8 in
     # (8 batches of 8), epochs 3-4 stabilise at 8x8.
-    whole = checkpoint.load(train.train(tiny(lfw8, tmp_path / "whole", keep=20), progress=False))
+    whole = checkpoint.load(train.train(tiny(lfw8, tmp_path / "whole", keep=20)))
     assert whole["method"]["stage"] == {"res": 8, "alpha": 1.0, "phase": 2}
     assert whole["iteration"] == 4 + 8 + 8 + 8 and "G_ema" in whole
     samples = sorted(os.listdir(tmp_path / "whole" / "samples"))
@@ -157,9 +157,9 @@ def test_pggan_grows_samples_at_each_resolution_resumes_mid_fade_and_generates(l
 
     with monkeypatch.context() as m:
         m.setattr(progressive, "iteration", interrupt_after(progressive.iteration))
-        mid = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts"), progress=False))
+        mid = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts")))
     assert mid["method"]["stage"] == {"res": 8, "alpha": 0.5, "phase": 1} and mid["iteration"] == 8
-    resumed = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts"), progress=False))
+    resumed = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts")))
     for part in ("G", "G_ema", "D"):
         for k, v in whole[part].items():
             np.testing.assert_array_equal(resumed[part][k], v, err_msg=(part, k))
@@ -168,10 +168,11 @@ def test_pggan_grows_samples_at_each_resolution_resumes_mid_fade_and_generates(l
                     "--num", "3", "--seed", "0"])
     assert_user_error(run_script("generator.py", "--checkpoint", tmp_path / "whole" / checkpoint.FILE, "--engine",
                                  "inference", "--out", tmp_path / "no", cwd=tmp_path), "does not run --arch pggan")
-    early = tmp_path / "whole" / train.snapshot_name(4)  # after the 4x4 phase: 8x8 fading in from alpha 0
+    early = tmp_path / "whole" / checkpoint.snapshot_name(4)  # after the 4x4 phase: 8x8 fading in from alpha 0
     assert checkpoint.load(str(early))["method"]["stage"] == {"res": 8, "alpha": 0.0, "phase": 1}
     generator.main(["--checkpoint", str(early), "--out", str(tmp_path / "early"), "--num", "3", "--seed", "0"])
-    mid4 = dict(whole, method={"stage": {"res": 4, "alpha": 1.0, "phase": 0}})  # as if saved during the 4x4 phase
+    # a checkpoint as written before issue 12 (no "sampler": G_ema and the method's stage say it), during 4x4
+    mid4 = {**{k: v for k, v in whole.items() if k != "sampler"}, "method": {"stage": {"res": 4, "alpha": 1.0, "phase": 0}}}
     paddle.save(mid4, str(tmp_path / "mid4.pdparams"))
     generator.main(["--checkpoint", str(tmp_path / "mid4.pdparams"), "--out", str(tmp_path / "mid4"),
                     "--num", "2", "--seed", "0"])
@@ -188,15 +189,15 @@ def test_pggan_grows_samples_at_each_resolution_resumes_mid_fade_and_generates(l
 @pytest.mark.parametrize("over, phrase", [
     (dict(width=16), "--width does not apply to --arch pggan"),
     (dict(balance="margin"), "--balance does not apply to --arch pggan"),
-    (dict(g_steps=2), "--d-steps/g-steps does not apply"),
+    (dict(g_steps=2), "--g-steps does not apply to --arch pggan: only to --arch dcgan and torchblog"),
     (dict(batch_sizes="4:6"), "multiple of 4"),
 ])
 def test_settings_that_do_not_apply_are_refused(over, phrase, lfw8, tmp_path):
     with pytest.raises(train.ConfigError, match=phrase):
-        train.train(tiny(lfw8, tmp_path, **over), progress=False)
+        train.train(tiny(lfw8, tmp_path, **over))
 
 
 def test_pggan_settings_are_refused_for_dcgan(lfw8, tmp_path):
     cfg = train.TrainConfig(data=lfw8, out=str(tmp_path), width=8, phase_kimg=1.0, device="cpu")
     with pytest.raises(train.ConfigError, match="--phase-kimg does not apply to --arch dcgan"):
-        train.train(cfg, progress=False)
+        train.train(cfg)

@@ -50,12 +50,7 @@ def test_sampler_is_a_function_of_seed_and_epoch():
     order = dataReader.EpochBatchSampler(10, 4, epoch_images=25, flip=True, seed=3).epoch_order()
     assert sorted(order[:10] % 10) == list(range(10))  # each pass shows every image once
     assert 0 < (order >= 10).mean() < 1  # some mirrored, some not
-    assert dataReader.EpochBatchSampler(10, 4, drop_last=False).__len__() == 3
-
-
-def test_unshuffled_sampler_keeps_order():
-    s = dataReader.EpochBatchSampler(5, 2, shuffle=False, drop_last=False)
-    assert list(s) == [[0, 1], [2, 3], [4]]
+    assert len(dataReader.EpochBatchSampler(10, 4)) == 2  # the last partial batch is dropped
 
 
 def test_missing_and_incomplete_datasets_are_refused(tmp_path, lfw32):

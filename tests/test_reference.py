@@ -1,7 +1,8 @@
 """The reference runs (tests/reference.py) still compute what they computed when recorded.
 
 Recorded before the training loop was reshaped into methods and a registry (issue 12), on
-the code of commit 24cd024. Every scenario is compared bit for bit: weights, BatchNorm
+the code of commit b69e01c (the training code of 24cd024), each scenario in a fresh process
+with one thread. Every scenario is compared bit for bit: weights, BatchNorm
 statistics and optimizer moments by SHA-256, and every logged number; the reshaping kept
 each computation in its order, so nothing needs a float tolerance.
 """
@@ -20,7 +21,8 @@ def expected():
 
 @pytest.mark.parametrize("name", sorted(reference.SCENARIOS))
 def test_reference_run_is_bit_identical(name, expected, lfw8, tmp_path):
-    whole, resumed = reference.record(name, lfw8, str(tmp_path))
+    result = reference.record_apart(name, lfw8, str(tmp_path))
+    whole, resumed = result["whole"], result["resumed"]
     want = expected[name]
     assert whole["position"] == want["whole"]["position"]
     assert whole["method"] == want["whole"]["method"]

@@ -11,6 +11,7 @@ import pytest
 import checkpoint
 import facedata
 import faststep
+import methods
 import train
 from conftest import ROOT, assert_user_error, run_script, sigint_after
 
@@ -19,7 +20,7 @@ from conftest import ROOT, assert_user_error, run_script, sigint_after
 WRAPPER = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
-import checkpoint, faststep, train
+import checkpoint, faststep, methods, train
 action, at = sys.argv[1], int(sys.argv[2])
 count = [0]
 
@@ -33,7 +34,7 @@ def after_iteration(fn):
     return wrapped
 
 faststep.FastStep.__call__ = after_iteration(faststep.FastStep.__call__)
-train.train_iteration = after_iteration(train.train_iteration)
+methods.bce_iteration = after_iteration(methods.bce_iteration)
 
 if action == "slow-save":  # the at-th checkpoint write stops halfway, says so, and waits to be killed
     real_write, saves = checkpoint.write_atomic, [0]
@@ -93,19 +94,19 @@ def assert_same_state(a, b):
 
 @pytest.mark.parametrize("step", ["static", "dygraph"])
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(step, lfw8, tmp_path, monkeypatch):
-    whole = checkpoint.load(train.train(tiny(lfw8, tmp_path / "whole", step=step), progress=False))
+    whole = checkpoint.load(train.train(tiny(lfw8, tmp_path / "whole", step=step)))
 
     interrupt_after = sigint_after(6)  # a real SIGINT after the 6th iteration (epoch 2, batch 2 of 4)
 
     with monkeypatch.context() as m:
         m.setattr(faststep.FastStep, "__call__", interrupt_after(faststep.FastStep.__call__))
-        m.setattr(train, "train_iteration", interrupt_after(train.train_iteration))
-        stopped = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts", step=step), progress=False))
+        m.setattr(methods, "bce_iteration", interrupt_after(methods.bce_iteration))
+        stopped = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts", step=step)))
     assert (stopped["epoch"], stopped["batch"], stopped["iteration"], stopped["images_seen"]) == (2, 2, 6, 96)
     assert len(stopped["order"]) == 64 and stopped["version"] == checkpoint.__version__
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
-    resumed = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts", step=step), progress=False))
+    resumed = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts", step=step)))
     assert resumed["iteration"] == whole["iteration"] == 12
     assert_same_state(resumed, whole)  # bit-identical on the CPU, both steps
     assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
@@ -113,17 +114,17 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(step, lfw8, tm
 
 def test_a_finished_run_is_not_trained_again_and_more_epochs_continue_it(lfw8, tmp_path):
     cfg = tiny(lfw8, tmp_path, epochs=1)
-    first = checkpoint.load(train.train(cfg, progress=False))
-    again = checkpoint.load(train.train(cfg, progress=False))
+    first = checkpoint.load(train.train(cfg))
+    again = checkpoint.load(train.train(cfg))
     assert_same_state(again, first)
-    longer = checkpoint.load(train.train(tiny(lfw8, tmp_path, epochs=2), progress=False))
+    longer = checkpoint.load(train.train(tiny(lfw8, tmp_path, epochs=2)))
     assert (longer["epoch"], longer["iteration"]) == (2, 8)
     assert [r[0] for r in losses(tmp_path)] == list(range(1, 9))
 
 
 def test_resume_never_starts_over_and_keep_holds_numbered_snapshots(lfw8, tmp_path):
-    train.train(tiny(lfw8, tmp_path, epochs=1), progress=False)
-    state = checkpoint.load(train.train(tiny(lfw8, tmp_path, epochs=2, resume="never", keep=2), progress=False))
+    train.train(tiny(lfw8, tmp_path, epochs=1))
+    state = checkpoint.load(train.train(tiny(lfw8, tmp_path, epochs=2, resume="never", keep=2)))
     assert state["iteration"] == 8
     assert sorted(f for f in os.listdir(tmp_path) if f.startswith("checkpoint-")) == \
         ["checkpoint-0000006.pdparams", "checkpoint-0000008.pdparams"]  # saves at 3, 4, 6, 8: the newest two
@@ -151,7 +152,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint(lfw8, tmp_path):
     assert [f for f in os.listdir(folder) if ".tmp" in f]  # the half-written file, under its temporary name
     state = checkpoint.load(str(folder / checkpoint.FILE))
     assert state["iteration"] == 3
-    final = checkpoint.load(train.train(tiny(lfw8, folder), progress=False))  # and the run can go on
+    final = checkpoint.load(train.train(tiny(lfw8, folder)))  # and the run can go on
     assert final["iteration"] == 12 and not [f for f in os.listdir(folder) if ".tmp" in f]
 
 
@@ -168,7 +169,7 @@ def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(lfw8, tmp_path,
 
     monkeypatch.setattr(facedata.FaceDataset, "get_batch", poisoned)
     with pytest.raises(train.Diverged) as info:
-        train.train(tiny(lfw8, tmp_path), progress=False)
+        train.train(tiny(lfw8, tmp_path))
     message = str(info.value)
     assert "iteration 5" in message and "D diverged" in message and "loss_D" in message
     assert "(iteration 4)" in message
@@ -192,10 +193,11 @@ def test_bad_flags_are_refused_at_parse_time(args, phrase, tmp_path):
     assert_user_error(run_script("train.py", *args, cwd=tmp_path), phrase)
 
 
-def test_unwritable_names_the_folder_that_blocks(tmp_path):
-    deny = lambda path, mode: path != str(tmp_path)  # noqa: E731  (root may write anywhere: ask a stub)
-    assert train.unwritable(tmp_path / "new" / "run", access=deny) == f"no permission to write in {tmp_path}"
+def test_unwritable_names_the_folder_that_blocks(tmp_path, monkeypatch):
     assert train.unwritable(tmp_path / "new" / "run") is None
+    with monkeypatch.context() as m:  # root may write anywhere: ask a stub
+        m.setattr(os, "access", lambda path, mode: path != str(tmp_path))
+        assert train.unwritable(tmp_path / "new" / "run") == f"no permission to write in {tmp_path}"
     (tmp_path / "f").write_text("x")
     assert train.unwritable(tmp_path / "f" / "run") == f"{tmp_path / 'f'} is a file, not a folder"
     assert not (tmp_path / "new").exists()  # checked without creating anything
@@ -204,7 +206,7 @@ def test_unwritable_names_the_folder_that_blocks(tmp_path):
 @pytest.fixture
 def finished(lfw8, tmp_path):
     """A finished one-epoch run in tmp_path/run, and its checkpoint's bytes."""
-    train.train(tiny(lfw8, tmp_path / "run", epochs=1), progress=False)
+    train.train(tiny(lfw8, tmp_path / "run", epochs=1))
     path = tmp_path / "run" / checkpoint.FILE
     return path, path.read_bytes()
 

@@ -8,8 +8,10 @@ import paddle
 import pytest
 
 import checkpoint
+import methods
 import network
 import train
+from balance import Tricks
 from conftest import assert_user_error, run_script
 
 
@@ -28,7 +30,7 @@ def tiny(data, out, **over):
     (False, dict(epoch_images=1000, width=16), dict(batch_size=128, epoch_images=1000, width=16, flip=False)),
 ])
 def test_defaults_depend_on_the_dataset(embedded, given, expected):
-    cfg = train.resolve_defaults(train.TrainConfig(**given), {"embedded": embedded, "count": 500})
+    cfg = train.resolve_defaults(train.TrainConfig(**given), {"embedded": embedded, "count": 500}, 1)
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.z_dim, cfg.d_steps, cfg.g_steps) == (2e-4, 0.5, 0.999, 100, 1, 2)
 
@@ -44,7 +46,7 @@ def changed(before, net):
 
 def nets(seed=0):
     paddle.seed(seed)
-    G, D = network.build("dcgan", size=8, width=8)
+    G, D = network.build("dcgan", size=8, width=8).values()
     opt_G = paddle.optimizer.Adam(learning_rate=2e-4, beta1=0.5, parameters=G.parameters())
     opt_D = paddle.optimizer.Adam(learning_rate=2e-4, beta1=0.5, parameters=D.parameters())
     return G, D, opt_G, opt_D
@@ -55,7 +57,7 @@ def test_d_step_moves_only_D_and_g_step_moves_only_G():
     real = paddle.uniform([4, 3, 8, 8], min=-1, max=1)
     g0, d0 = weights(G), weights(D)
     fake = G(paddle.randn([4, 100]))
-    stats = train.d_step(D, opt_D, real, fake)
+    stats = methods.d_step(D, opt_D, real, fake, Tricks())
     assert set(stats) == {"loss_D", "D_real", "D_fake", "err_R", "err_F", "update_G"} and stats["update_G"]
     assert stats["loss_D"] == pytest.approx(stats["err_R"] + stats["err_F"]) and stats["loss_D"] > 0
     assert 0 < stats["D_real"] < 1 and 0 < stats["D_fake"] < 1
@@ -64,7 +66,7 @@ def test_d_step_moves_only_D_and_g_step_moves_only_G():
     trainable = [k for k, p in D.named_parameters() if not p.stop_gradient]
     assert not any(k.endswith(("_mean", "_variance")) for k in trainable) and len(trainable) == len(d1)
     d_grads = [p.grad.numpy().copy() for p in D.parameters()]  # left from D's own step
-    loss_G = train.g_step(D, opt_G, fake)
+    loss_G = methods.g_step(D, opt_G, fake, Tricks())
     assert isinstance(loss_G, float) and loss_G > 0
     assert changed(d1, D) == set() and changed(g0, G) == set(g0)
     for before, p in zip(d_grads, D.parameters()):  # G's update computed no D weight gradient
@@ -82,7 +84,7 @@ def test_iteration_equals_the_plain_step_with_separate_forwards(d_steps, g_steps
     G1, D1, oG1, oD1 = nets(1)
     G2, D2, oG2, oD2 = nets(1)
     paddle.seed(7)
-    fast = train.train_iteration(G1, D1, oG1, oD1, real, 100, d_steps=d_steps, g_steps=g_steps)
+    fast = methods.bce_iteration(G1, D1, oG1, oD1, real, 100, d_steps, g_steps, Tricks())
 
     paddle.seed(7)
     zs = [paddle.randn([4, 100])] + [None] * (d_steps - 1)
@@ -116,7 +118,7 @@ def test_iteration_equals_the_plain_step_with_separate_forwards(d_steps, g_steps
 
 def test_short_run_changes_weights_and_writes_every_file(lfw8, tmp_path):
     cfg = tiny(lfw8, tmp_path)
-    path = train.train(cfg, progress=False)
+    path = train.train(cfg)
     assert path == str(tmp_path / "checkpoint.pdparams")
     state = paddle.load(path)
     assert state["format"] == checkpoint.FORMAT
@@ -126,7 +128,7 @@ def test_short_run_changes_weights_and_writes_every_file(lfw8, tmp_path):
     assert {"G", "D", "opt_G", "opt_D"} <= set(state)
 
     paddle.seed(cfg.seed)  # the same seed rebuilds the untrained networks
-    G0, D0 = network.build("dcgan", size=8, width=8)
+    G0, D0 = network.build("dcgan", size=8, width=8).values()
     for net0, trained in ((G0, state["G"]), (D0, state["D"])):
         for name, value in weights(net0).items():
             assert not np.array_equal(value, trained[name].numpy()), name
@@ -144,15 +146,15 @@ def test_short_run_changes_weights_and_writes_every_file(lfw8, tmp_path):
 
 
 def test_same_seed_same_run(lfw8, tmp_path):
-    a = paddle.load(train.train(tiny(lfw8, tmp_path / "a", epochs=1), progress=False))
-    b = paddle.load(train.train(tiny(lfw8, tmp_path / "b", epochs=1), progress=False))
+    a = paddle.load(train.train(tiny(lfw8, tmp_path / "a", epochs=1)))
+    b = paddle.load(train.train(tiny(lfw8, tmp_path / "b", epochs=1)))
     for name, value in a["G"].items():
         np.testing.assert_allclose(value.numpy(), b["G"][name].numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_an_epoch_too_small_for_a_batch_is_refused(lfw8, tmp_path):
     with pytest.raises(train.ConfigError, match="batch"):
-        train.train(tiny(lfw8, tmp_path, batch_size=128, epoch_images=100), progress=False)
+        train.train(tiny(lfw8, tmp_path, batch_size=128, epoch_images=100))
 
 
 def test_no_dataset_tells_to_run_pretreat(tmp_path):
@@ -182,9 +184,9 @@ def test_trained_generator_beats_the_untrained_one(lfw8, tmp_path):
 
     cfg = train.TrainConfig(data=lfw8, out=str(tmp_path), epochs=2, batch_size=32, epoch_images=3200, width=32,
                             flip=True, seed=0, device="cpu")
-    G, _ = generator.load_generator(train.train(cfg, progress=False))
+    G, _ = generator.load_generator(train.train(cfg))
     paddle.seed(0)
-    G0, _ = network.build("dcgan", size=8, width=32)
+    G0, _ = network.build("dcgan", size=8, width=32).values()
     G0.eval()
     z = paddle.to_tensor(np.random.default_rng(9).standard_normal((500, 100)).astype(np.float32))
     with paddle.no_grad():
@@ -193,7 +195,7 @@ def test_trained_generator_beats_the_untrained_one(lfw8, tmp_path):
 
 
 def test_training_at_a_smaller_size_than_stored(lfw32, tmp_path):
-    state = paddle.load(train.train(tiny(lfw32, tmp_path, size=8, epochs=1), progress=False))
+    state = paddle.load(train.train(tiny(lfw32, tmp_path, size=8, epochs=1)))
     assert state["arch_args"]["size"] == 8 and state["config"]["size"] == 8
 
 

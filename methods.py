@@ -1,0 +1,320 @@
+"""Training methods: one object per recipe, which train.py's loop drives without knowing the architecture.
+
+A method owns its networks and optimizers (dicts by name, which checkpoints save and load by
+key), names the network that samples and evaluation draw with, and owns its step, its state
+for the checkpoint, its log fields and its plots. train.py calls, in this order:
+
+    method = Method(cfg, arch, size, processes)   # networks (from network.py's registry), optimizers
+    batch, batch_at, flag = method.batching(size) # how the loader batches the data
+    method.load(checkpoint_state)                 # when resuming
+    method.start(position, device)                # the step's own set-up
+    stats, checks = method.step(real, position)   # one iteration: numbers for the log, weight sums
+    method.sync()                                 # before anything reads the networks
+    method.parts(), method.state(position), method.stage(position)   # for the checkpoint
+    method.log_fields(stats), method.summary(record), method.plots(history, folder)
+
+Here: the base class, the two helpers every step uses (`frozen`, `update`), and BCEMethod,
+the tutorial's DCGAN recipe with the Torch blog's balancing and label tricks. progressive.py
+holds PG-GAN's ProgressiveMethod.
+
+Example:
+    tricks = Tricks()                                        # the plain GAN
+    stats = bce_iteration(G, D, opt_G, opt_D, real, 100, 1, 2, tricks)
+"""
+import contextlib
+import functools
+import os
+
+import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+import checkpoint
+import faststep
+import network
+from balance import Tricks, make_optimizer
+from control import weight_checks
+from logs import plot_curves, plot_monitor
+from runtime import ConfigError
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@contextlib.contextmanager
+def frozen(net):
+    """`net`'s trained parameters held constant within the block: another network's update through
+    it computes no weight gradients for it. BatchNorm's running statistics are left as they are."""
+    params = [p for p in net.parameters() if not p.stop_gradient]
+    for p in params:
+        p.stop_gradient = True
+    try:
+        yield
+    finally:
+        for p in params:
+            p.stop_gradient = False
+
+
+def update(opt, loss, reduce=None, step=None):
+    """Backward `loss`, average the gradients over processes (`reduce`), then `step(opt)` (default: opt.step())."""
+    opt.clear_grad()
+    loss.backward()
+    if reduce:
+        reduce(opt)
+    if step:
+        step(opt)
+    else:
+        opt.step()
+
+
+def choose_step(name, device, arch, processes, plain):
+    """The training step ('static' or 'dygraph') that --step `name` means on `device` for `arch`.
+
+    `plain`: the tutorial's Adam and BCE with no balancing or label tricks (all the static step does).
+    """
+    static = network.architecture(arch).static_step
+    if name == "auto":
+        return "static" if device == "cpu" and static and processes == 1 and plain else "dygraph"
+    if name == "static" and not plain:
+        raise ConfigError("--step static runs the tutorial's Adam without --balance, --optimizer rmsprop or "
+                          "label tricks; use --step dygraph (or auto)")
+    if name == "static" and processes > 1:
+        raise ConfigError("--step static runs in one process; several processes train with --step dygraph (or auto)")
+    if name == "static" and device != "cpu":
+        raise ConfigError("--step static runs on the CPU only; on a GPU use --step dygraph (or auto)")
+    if name == "static" and not static:
+        raise ConfigError(f"--step static has no program for --arch {arch}; use --step dygraph (or auto)")
+    return name
+
+
+# ----------------------------------------------------------------------------- the interface
+
+class Method:
+    """A training recipe; subclasses give the step. See the module docstring for the calls."""
+    sampler = "G"            # the network that samples and evaluation draw with
+    order = ("D", "G")       # the networks in the order an iteration updates them
+    loss_label = "loss"      # loss.png's y axis
+    DEFAULTS = {}            # values of the config's None settings that this method decides
+
+    def __init__(self, cfg, arch, size, procs):
+        self.cfg, self.arch, self.procs = cfg, arch, procs
+        self.args = {name: size if name == "size" else getattr(cfg, name)
+                     for name in network.architecture(arch).args}
+        self.nets = network.build(arch, **self.args)
+        self.opts = {}
+        self.path = "dygraph"
+
+    @classmethod
+    def defaults(cls, cfg, embedded):
+        """{setting: value} for this method's settings, given the rest of `cfg` and the kind of dataset."""
+        return dict(cls.DEFAULTS)
+
+    @classmethod
+    def default_help(cls, name):
+        """How --help states this method's default for setting `name`, or None when it decides none."""
+        value = cls.DEFAULTS.get(name)
+        return None if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    @classmethod
+    def share_batches(cls, values, world):
+        """`values` (defaults meant as global batches) as per-process batches for `world` processes."""
+        if "batch_size" in values:
+            values = {**values, "batch_size": max(1, values["batch_size"] // world)}
+        return values
+
+    def batching(self, size):
+        """(per-process batch size, function images shown -> batch size or None, the flag that sets it)."""
+        return self.cfg.batch_size, None, "--batch-size"
+
+    def load(self, state):
+        """Take the networks, optimizer state and method state of a checkpoint."""
+        for name, net in self.nets.items():
+            net.set_state_dict(state[name])
+        for name, opt in self.opts.items():
+            checkpoint.set_optimizer_state(opt, self.nets[name], state["opt_" + name])
+        self.load_state(state["method"])
+
+    def parts(self):
+        """{name: state} of every network and optimizer, for the checkpoint."""
+        return {**{name: net.state_dict() for name, net in self.nets.items()},
+                **{"opt_" + name: checkpoint.optimizer_state(opt, self.nets[name]) for name, opt in self.opts.items()}}
+
+    def start(self, pos, device):
+        """Set up the step for a run at position `pos` (after any checkpoint was loaded)."""
+
+    def step(self, real, pos):
+        """One iteration on the batch `real`: ({name: number} for the log, weight_checks of the trained networks)."""
+        raise NotImplementedError
+
+    def sync(self):
+        """Bring self.nets and self.opts up to date, where the step keeps its own copy of them."""
+
+    def state(self, pos):
+        """The method's own state for the checkpoint (JSON-like)."""
+        return {}
+
+    def load_state(self, state):
+        """Continue from the state that `state()` returned."""
+
+    def stage(self, pos):
+        """set_stage(**stage) arguments of the sampling network at `pos`, or None for a network without stages."""
+        return None
+
+    def log_fields(self, stats):
+        """Numbers for the log record beside the means of the step's own."""
+        return {}
+
+    def summary(self, record):
+        """Text added to the end-of-epoch line."""
+        return ""
+
+    def describe(self):
+        """The settings that the start-of-run line shows."""
+        return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in self.args.items() if k != "size")
+
+    def plots(self, history, folder):
+        """Write the method's PNGs of the loss records in `history` into `folder`."""
+        plot_curves(history, {"loss_D": "D", "loss_G": "G"}, self.loss_label, os.path.join(folder, "loss.png"))
+
+
+# ----------------------------------------------------------------------------- BCE: DCGAN and the Torch blog
+
+def _bce(logits, target):
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def d_step(D, opt_D, real, fake, tricks, reduce=None):
+    """One D forward on a real batch and a fake one (not differentiated into G), and D's update.
+
+    Returns the numbers: loss_D, D_real, D_fake (mean probabilities), err_R = BCE(D(real), 1),
+    err_F = BCE(D(fake), 0) and update_G, the balancing rule's word on G's update (the tricks
+    decide whether D and G update; Tricks() always updates both). `reduce(opt)`, when given,
+    averages the gradients of opt's parameters over processes.
+    """
+    # Real and fake go through D separately, so its BatchNorm sees all-real and all-fake batches.
+    logits_real, logits_fake = D(real), D(fake.detach())
+    err_real = _bce(logits_real, paddle.ones_like(logits_real))
+    err_fake = _bce(logits_fake, paddle.zeros_like(logits_fake))
+    update_d, update_g = tricks.decide(float(err_real), float(err_fake))
+    if tricks.plain_labels:
+        loss_D = err_real + err_fake
+    else:
+        t_real, t_fake = tricks.targets(logits_real, logits_fake)
+        loss_D = _bce(logits_real, t_real) + _bce(logits_fake, t_fake)
+    if update_d:
+        penalty = tricks.penalty(D)
+        update(opt_D, loss_D if penalty is None else loss_D + penalty, reduce, functools.partial(tricks.step, net="D"))
+    stats = {"loss_D": float(loss_D), "D_real": float(F.sigmoid(logits_real).mean()),
+             "D_fake": float(F.sigmoid(logits_fake).mean()), "err_R": float(err_real), "err_F": float(err_fake),
+             "update_G": update_g}
+    if not update_g:  # G's loss all the same, from this forward: the L2 rule and the log need it
+        stats["loss_G"] = float(_bce(logits_fake, paddle.ones_like(logits_fake)))
+    return stats
+
+
+def g_step(D, opt_G, fake, tricks, reduce=None):
+    """One G update from fakes still attached to G's graph: non-saturating BCE(D(fake), 1)."""
+    with frozen(D):  # D's weight gradients would be thrown away: do not compute them
+        logits = D(fake)
+        loss_G = _bce(logits, paddle.ones_like(logits))
+        update(opt_G, loss_G, reduce, functools.partial(tricks.step, net="G"))
+    return float(loss_G)
+
+
+def bce_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps, g_steps, tricks, reduce=None):
+    """d_steps D updates, then g_steps G updates; returns loss_D, D_real, D_fake, err_R, err_F, loss_G.
+
+    The first G update reuses the fakes of the first D update, graph and all, as the
+    PyTorch DCGAN does: the same maths as a second G forward on the same noise, one forward
+    fewer. Further D updates draw fresh fakes without a graph; further G updates fresh noise.
+    The balancing rule of `tricks` (balance.Tricks) may skip D's or G's updates; when G's are
+    skipped, loss_G is BCE(D(fake), 1) of the D step's forward.
+    """
+    n = real.shape[0]
+    fake = G(paddle.randn([n, z_dim]))
+    first = stats = d_step(D, opt_D, real, fake, tricks, reduce)
+    for _ in range(d_steps - 1):
+        with paddle.no_grad():
+            more = G(paddle.randn([n, z_dim]))
+        stats = d_step(D, opt_D, real, more, tricks, reduce)
+    if first["update_G"]:
+        losses = [g_step(D, opt_G, fake, tricks, reduce)] + [
+            g_step(D, opt_G, G(paddle.randn([n, z_dim])), tricks, reduce) for _ in range(g_steps - 1)]
+        loss_g = float(np.mean(losses))
+    else:
+        loss_g = first["loss_G"]
+    tricks.after(loss_g)
+    return {**{k: v for k, v in stats.items() if k not in ("update_G", "loss_G")}, "loss_G": loss_g}
+
+
+class BCEMethod(Method):
+    """The tutorial's GAN (and the Torch blog's): BCE on logits, --d-steps D updates then --g-steps G updates.
+
+    With balance.Tricks for the blog's skip rule and adaptive L2, label tricks and RMSProp.
+    On the CPU, where the architecture has one and the recipe is the plain GAN, the
+    iteration runs as faststep.py's static program, which holds the weights while it trains.
+    """
+    loss_label = "BCE loss"
+    DEFAULTS = dict(z_dim=100, beta1=0.5, beta2=0.999, d_steps=1, g_steps=2)
+    LR = {"adam": 2e-4, "rmsprop": 1e-3}   # Radford et al.; the blog's RMSProp
+    COUNTERS = ("coef_l2", "d_updates", "g_updates", "d_skips", "g_skips")   # Tricks' state
+
+    @classmethod
+    def defaults(cls, cfg, embedded):
+        return {**cls.DEFAULTS, "lr": cls.LR[cfg.optimizer]}
+
+    @classmethod
+    def default_help(cls, name):
+        if name == "lr":
+            return ", ".join(f"{lr:g} with {opt}" for opt, lr in cls.LR.items())
+        return super().default_help(name)
+
+    def __init__(self, cfg, arch, size, procs):
+        super().__init__(cfg, arch, size, procs)
+        self.opts = {name: make_optimizer(cfg.optimizer, cfg.lr, cfg.beta1, cfg.beta2, self.nets[name].parameters())
+                     for name in ("G", "D")}
+        self.tricks = Tricks(balance=cfg.balance, margin=cfg.margin, optimizer=cfg.optimizer, lr=cfg.lr,
+                             real_label=cfg.real_label, label_jitter=cfg.label_jitter, flip_labels=cfg.flip_labels)
+        self.fast, self.stale = None, False
+
+    def load_state(self, state):
+        self.tricks = Tricks(**{**self.tricks.state(), **{k: v for k, v in state.items() if k in self.COUNTERS}})
+
+    def start(self, pos, device):
+        cfg, G, D = self.cfg, self.nets["G"], self.nets["D"]
+        self.path = choose_step(cfg.step, device, self.arch, self.procs.world, self.tricks.plain)
+        if self.path == "static":
+            self.fast = faststep.FastStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
+                                          cfg.d_steps, cfg.g_steps)
+            self.fast.load(G, D, self.opts["G"], self.opts["D"])
+        self.G_run, self.D_run = self.procs.wrap(G), self.procs.wrap(D)
+
+    def step(self, real, pos):
+        if self.fast is not None:
+            stats = self.fast(real)
+            self.stale = True
+            return stats, {"G": stats.pop("G_check"), "D": stats.pop("D_check")}
+        cfg, procs = self.cfg, self.procs
+        if procs.world > 1:  # each process its own noise, a function of (seed, rank, iteration): resumable
+            paddle.seed(int(np.random.SeedSequence([cfg.seed, procs.rank, pos.iteration]).generate_state(1)[0]))
+        stats = bce_iteration(self.G_run, self.D_run, self.opts["G"], self.opts["D"], real, cfg.z_dim, cfg.d_steps,
+                              cfg.g_steps, self.tricks, procs.reduce)
+        return stats, weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
+
+    def sync(self):
+        if self.stale:
+            self.fast.store(self.nets["G"], self.nets["D"], self.opts["G"], self.opts["D"])
+            self.stale = False
+
+    def state(self, pos):
+        return self.tricks.state()  # options and counters (L2 coefficient, updates, skips)
+
+    def log_fields(self, stats):
+        return {"d_skips": self.tricks.d_skips, "g_skips": self.tricks.g_skips, "coef_l2": self.tricks.coef_l2}
+
+    def describe(self):
+        return f"batch {self.cfg.batch_size}, {super().describe()}"
+
+    def plots(self, history, folder):
+        super().plots(history, folder)
+        plot_monitor(history, self.cfg.margin, os.path.join(folder, "monitor.png"))
