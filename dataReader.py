@@ -9,7 +9,6 @@ Examples:
     python dataReader.py --data data/celeba64 --flip --out preview.png
     python dataReader.py --size 16                 # what a 16x16 stage of training sees
 """
-import argparse
 import os
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import paddle
 from paddle.utils.dlpack import from_dlpack
 
 from facedata import DatasetError, FaceDataset, grid_scale, make_grid, to_uint8, write_png
+from options import at_least, build_parser, option, parse
 
 
 class EpochBatchSampler:
@@ -138,27 +138,18 @@ def make_loader(dataset, batch_size, flip=False, epoch_images=None, seed=0, num_
 
 @dataclass
 class PreviewConfig:
-    data: str = "data"               # dataset folder written by pretreat.py
-    out: str = "data/preview.png"    # grid PNG to write
-    num: int = 64                    # images in the grid
-    size: int = None                 # read at this size (area-averaged); None: as stored
-    flip: bool = False               # mirror about half of them, as training with --flip does
-    seed: int = 0                    # which images are drawn
+    data: str = option("data", "dataset folder written by pretreat.py")
+    out: str = option("data/preview.png", "grid PNG to write")
+    num: int = option(64, "images in the grid", at_least(1))
+    size: int = option(None, "read at this size, averaging pixel blocks, as training at --size does (default: as "
+                       "stored)")
+    flip: bool = option(False, "mirror about half of them, as training with --flip does")
+    seed: int = option(0, "which images are drawn")
 
 
 def main(argv=None):
-    cfg = PreviewConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=cfg.data, help=f"dataset folder (default: {cfg.data})")
-    parser.add_argument("--out", default=cfg.out, help=f"PNG to write (default: {cfg.out})")
-    parser.add_argument("--num", type=int, default=cfg.num, help=f"images in the grid (default: {cfg.num})")
-    parser.add_argument("--size", type=int, default=cfg.size,
-                        help="read at this size, averaging pixel blocks (default: as stored)")
-    parser.add_argument("--flip", action="store_true", help="mirror about half of them, as training does")
-    parser.add_argument("--seed", type=int, default=cfg.seed, help=f"which images (default: {cfg.seed})")
-    cfg = PreviewConfig(**vars(parser.parse_args(argv)))
-    if cfg.num < 1:
-        parser.error(f"--num must be at least 1, got {cfg.num}")
+    parser = build_parser(PreviewConfig, __doc__)
+    cfg = parse(PreviewConfig, parser, argv)
     try:
         dataset = FaceDataset(cfg.data, size=cfg.size)
     except DatasetError as e:

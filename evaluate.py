@@ -19,7 +19,6 @@ Examples:
     python evaluate.py --checkpoint runs/celeba/checkpoint.pdparams --data data/celeba64 --num 2000
     python evaluate.py --num 50 --out metrics.json --seed 1
 """
-import argparse
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -31,16 +30,17 @@ from checkpoint import CheckpointError
 from facedata import DatasetError, FaceDataset, write_json
 from generator import generate, load_generator, untrained_like
 from metrics import diversity, memorization, swd
+from options import at_least, build_parser, option, parse
 
 
 @dataclass
 class EvalConfig:
-    checkpoint: str = "output/checkpoint.pdparams"   # written by train.py
-    data: str = "data"                               # dataset folder written by pretreat.py
-    num: int = 1000                                  # images per set (at most half the dataset)
-    seed: int = 0                                    # fixes noise, patches, directions and the split
-    out: str = None                                  # metrics JSON; None: metrics.json beside the checkpoint
-    device: str = "auto"                             # see runtime.DEVICE_HELP
+    checkpoint: str = option("output/checkpoint.pdparams", "checkpoint written by train.py")
+    data: str = option("data", "dataset folder written by pretreat.py")
+    num: int = option(1000, "images per set, at most half the dataset", at_least(2))
+    seed: int = option(0, "fixes the noise, patches, directions and the split")
+    out: str = option(None, "metrics JSON (default: metrics.json beside the checkpoint)")
+    device: str = option("auto", runtime.DEVICE_HELP, choices=runtime.DEVICES)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -86,19 +86,8 @@ def table(metrics):
 
 def parse_args(argv=None):
     """EvalConfig from the command line; bad values are refused with one line and exit 2."""
-    cfg = EvalConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=cfg.checkpoint, help=f"checkpoint (default: {cfg.checkpoint})")
-    parser.add_argument("--data", default=cfg.data, help=f"dataset folder (default: {cfg.data})")
-    parser.add_argument("--num", type=int, default=cfg.num,
-                        help=f"images per set, at most half the dataset (default: {cfg.num})")
-    parser.add_argument("--seed", type=int, default=cfg.seed, help="fixes noise, patches and directions (default: 0)")
-    parser.add_argument("--out", default=cfg.out, help="metrics JSON (default: metrics.json beside the checkpoint)")
-    runtime.add_device_option(parser, cfg.device)
-    cfg = EvalConfig(**vars(parser.parse_args(argv)))
-    if cfg.num < 2:
-        parser.error(f"--num must be at least 2, got {cfg.num}")
-    return cfg, parser
+    parser = build_parser(EvalConfig, __doc__)
+    return parse(EvalConfig, parser, argv), parser
 
 
 def main(argv=None):

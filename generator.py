@@ -15,7 +15,6 @@ Examples:
     python generator.py --checkpoint runs/celeba/checkpoint.pdparams --num 1000
     python generator.py --export deploy/generator        # the deployable model, for paddle.inference
 """
-import argparse
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ from checkpoint import READABLE, CheckpointError
 from facedata import enlarge, grid_scale, make_grid, to_uint8, write_json, write_png
 from logs import progress
 from network import sample
+from options import at_least, build_parser, option, parse
 
 GRID_MAX = 100    # faces shown in grid.png
 BATCH = 256       # faces generated per forward pass
@@ -38,13 +38,15 @@ BATCH = 256       # faces generated per forward pass
 
 @dataclass
 class GenerateConfig:
-    checkpoint: str = "output/checkpoint.pdparams"   # written by train.py
-    out: str = "Generate"                            # folder for the PNGs (the tutorial's)
-    num: int = 100                                   # faces to write
-    seed: int = None                                 # None: drawn at random and printed
-    device: str = "auto"                             # see runtime.DEVICE_HELP
-    engine: str = "auto"                             # auto: Paddle Inference on the CPU, else eager
-    export: str = None                               # also write the deployable model to this path prefix
+    checkpoint: str = option("output/checkpoint.pdparams", "checkpoint written by train.py")
+    out: str = option("Generate", "folder for the PNGs (the tutorial's)")
+    num: int = option(100, "faces to write", at_least(1))
+    seed: int = option(None, "same seed, same faces (default: drawn at random and printed)", at_least(0))
+    device: str = option("auto", runtime.DEVICE_HELP, choices=runtime.DEVICES)
+    engine: str = option("auto", "inference: Paddle Inference with oneDNN (CPU); dygraph: Paddle's eager mode; auto: "
+                         "inference on the CPU where the architecture allows it, falling back to dygraph with a "
+                         "message", choices=("auto", "inference", "dygraph"))
+    export: str = option(None, "also write the deployable model (paddle.jit.save) to this path prefix")
 
 
 EXPORT_DIR = "generator_export"   # beside the checkpoint
@@ -169,24 +171,8 @@ def fast_generator(G, checkpoint):
 
 def parse_args(argv=None):
     """GenerateConfig from the command line; bad values are refused with one line and exit 2."""
-    cfg = GenerateConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=cfg.checkpoint, help=f"checkpoint (default: {cfg.checkpoint})")
-    parser.add_argument("--out", default=cfg.out, help=f"folder for the PNGs (default: {cfg.out})")
-    parser.add_argument("--num", type=int, default=cfg.num, help=f"faces to write (default: {cfg.num})")
-    parser.add_argument("--seed", type=int, default=cfg.seed, help="same seed, same faces (default: random)")
-    runtime.add_device_option(parser, cfg.device)
-    parser.add_argument("--engine", default=cfg.engine, choices=["auto", "inference", "dygraph"],
-                        help="inference: Paddle Inference with oneDNN (CPU); dygraph: Paddle's eager mode; "
-                             "auto: inference on the CPU, falling back to dygraph with a message (default: auto)")
-    parser.add_argument("--export", default=cfg.export,
-                        help="also write the deployable model (paddle.jit.save) to this path prefix")
-    cfg = GenerateConfig(**vars(parser.parse_args(argv)))
-    if cfg.num < 1:
-        parser.error(f"--num must be at least 1, got {cfg.num}")
-    if cfg.seed is not None and cfg.seed < 0:
-        parser.error(f"--seed must be 0 or more, got {cfg.seed}")
-    return cfg, parser
+    parser = build_parser(GenerateConfig, __doc__)
+    return parse(GenerateConfig, parser, argv), parser
 
 
 def main(argv=None):

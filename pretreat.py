@@ -15,7 +15,6 @@ Examples:
     python pretreat.py --src img_align_celeba.zip        # CelebA, 64x64, the tutorial's crop
     python pretreat.py --src ~/photos --crop center --size 128 --out data/photos128
 """
-import argparse
 import collections
 import concurrent.futures
 import os
@@ -31,6 +30,7 @@ import numpy as np
 
 from facedata import FORMAT, IMAGES_FILE, MANIFEST_FILE, DatasetError, read_manifest, write_json
 from logs import progress
+from options import at_least, build_parser, option, parse
 
 CELEBA_NAMES = ("img_align_celeba", "img_align_celeba.zip")
 EMBEDDED = "embedded:skimage.data.lfw_subset[:100]"
@@ -44,14 +44,22 @@ REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
            4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
+def existing(path):
+    return None if os.path.exists(path) else (f"{path} does not exist: give a folder or .zip of images, or leave "
+                                              "--src out to use ./img_align_celeba or the built-in LFW faces")
+
+
 @dataclass
 class PretreatConfig:
-    src: str = None          # folder or .zip of images; None: ./img_align_celeba[.zip], else LFW
-    out: str = "data"        # dataset folder to write
-    size: int = None         # output side in pixels; None: 64 (32 for the 25x25 LFW faces)
-    crop: str = "tutorial"   # tutorial: box at (0, 10*size/64) after scaling; center: centred box
-    workers: int = None      # decoding threads; None: one per CPU core
-    force: bool = False      # rebuild even if the dataset is up to date
+    src: str = option(None, "folder or .zip of images (default: ./img_align_celeba[.zip] if here, else the LFW "
+                      "faces)", existing)
+    out: str = option("data", "dataset folder to write")
+    size: int = option(None, f"output side in pixels (default: {TUTORIAL_SIZE}; {EMBEDDED_SIZE} for the 25x25 LFW "
+                       "faces)", at_least(4))
+    crop: str = option("tutorial", "tutorial: the CelebA box starting 10/64 of the size down, after scaling; "
+                       "center: a centred square, for other photos", choices=("tutorial", "center"))
+    workers: int = option(None, "decoding threads (default: one per CPU core)", at_least(1))
+    force: bool = option(False, "rebuild even if the dataset is up to date")
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -386,28 +394,8 @@ def build(cfg):
 
 def parse_args(argv=None):
     """PretreatConfig from the command line, with bad values refused."""
-    cfg = PretreatConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", default=cfg.src,
-                        help="folder or .zip of images (default: ./img_align_celeba[.zip], else the LFW faces)")
-    parser.add_argument("--out", default=cfg.out, help=f"dataset folder to write (default: {cfg.out})")
-    parser.add_argument("--size", type=int, default=cfg.size,
-                        help=f"output side in pixels (default: {TUTORIAL_SIZE}; {EMBEDDED_SIZE} for the LFW faces)")
-    parser.add_argument("--crop", default=cfg.crop, choices=["tutorial", "center"],
-                        help="tutorial: the CelebA box starting 10/64 of the size down; "
-                             "center: a centred square, for other photos (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=cfg.workers,
-                        help="decoding threads (default: one per CPU core)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the dataset is up to date")
-    cfg = PretreatConfig(**vars(parser.parse_args(argv)))
-    if cfg.size is not None and cfg.size < 4:
-        parser.error(f"--size must be at least 4 pixels, got {cfg.size}")
-    if cfg.workers is not None and cfg.workers < 1:
-        parser.error(f"--workers must be at least 1, got {cfg.workers}")
-    if cfg.src is not None and not os.path.exists(cfg.src):
-        parser.error(f"--src {cfg.src} does not exist: give a folder or .zip of images, "
-                     "or leave --src out to use ./img_align_celeba or the built-in LFW faces")
-    return cfg, parser
+    parser = build_parser(PretreatConfig, __doc__)
+    return parse(PretreatConfig, parser, argv), parser
 
 
 def main(argv=None):

@@ -66,17 +66,12 @@ if "paddle" not in sys.modules:  # once Paddle is loaded, these variables no lon
 
 # ----------------------------------------------------------------------------- device
 
-DEVICES = ("auto", "cpu", "gpu")
+DEVICES = ("auto", "cpu", "gpu")   # the --device option of every script
 DEVICE_HELP = "auto picks the GPU when paddlepaddle-gpu sees one, else the CPU"
 
 
 class ConfigError(Exception):
     """Options that cannot work with this dataset or machine; the message says what to change."""
-
-
-def add_device_option(parser, default="auto"):
-    """The --device option, the same in every script."""
-    parser.add_argument("--device", default=default, choices=DEVICES, help=f"{DEVICE_HELP} (default: {default})")
 
 
 def select_device(name):

@@ -38,7 +38,6 @@ Examples:
     python train.py --real-label 0.9 --flip-labels 0.05 --balance l2 --out runs/tricks
     python train.py --arch pggan --size 32 --out runs/pggan      # progressive growing, 4 -> 32
 """
-import argparse
 import os
 import sys
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -57,6 +56,7 @@ from facedata import DatasetError, FaceDataset, enlarge, grid_scale, make_grid, 
 from logs import Interval, RunLog, plot_curves, progress
 from methods import BCEMethod
 from metrics import swd
+from options import at_least, build_parser, flag, option, parse, positive, within
 from runtime import ConfigError
 
 SAMPLE_COUNT = 64  # fixed-noise faces per sample grid
@@ -64,25 +64,6 @@ EVAL_COUNT = 1000  # images per set for --eval-every's SWD (at most half the dat
 METHODS = {"bce": BCEMethod, "progressive": progressive.ProgressiveMethod}   # network.Architecture.method
 
 # ----------------------------------------------------------------------------- options
-
-
-def at_least(low):
-    words = "0 or more" if low == 0 else f"at least {low}"
-    return lambda v: None if v >= low else f"must be {words}, got {v}"
-
-
-def within(low, high, brackets):
-    """Bounds check: `brackets` is '()', '(]', '[)' or '[]', as in interval notation."""
-    def check(v):
-        above = v > low if brackets[0] == "(" else v >= low
-        below = v < high if brackets[1] == ")" else v <= high
-        return None if above and below else f"must be in {brackets[0]}{low}, {high}{brackets[1]}, got {v}"
-    return check
-
-
-def positive(v):
-    return None if v > 0 else f"must be positive, got {v}"
-
 
 def power_of_two(v):
     try:
@@ -109,76 +90,75 @@ def writable(v):
     return f"{v}: {problem}; choose a folder you can write to" if problem else None
 
 
-def option(default, help, check=None, choices=None, applies=None, trajectory=False):
-    """A TrainConfig field with everything about its option, written once: default, --help text, bounds,
-    choices, where it applies (None: everywhere; "arch": to architectures that take it as an argument;
-    else the name of a training method) and whether it shapes the run (a resumed run keeps its value)."""
-    return field(default=default, metadata=dict(help=help, check=check, choices=choices, applies=applies,
-                                                trajectory=trajectory))
+def setting(default, help, check=None, choices=None, applies=None, trajectory=False):
+    """A TrainConfig field (options.option) that also says where it applies (None: everywhere; "arch": to
+    architectures that take it as an argument; else the name of a training method) and whether it shapes
+    the run (a resumed run keeps the checkpoint's value)."""
+    return option(default, help, check, choices, applies=applies, trajectory=trajectory)
 
 
 @dataclass
 class TrainConfig:
-    data: str = option("data", "dataset folder written by pretreat.py (or its images.npy)")
-    out: str = option("output", "folder for samples, loss.png, log.jsonl and checkpoint.pdparams", writable)
-    arch: str = option("dcgan", "network family (network.ARCHITECTURES)", choices=lambda: sorted(network.ARCHITECTURES),
+    data: str = setting("data", "dataset folder written by pretreat.py (or its images.npy)")
+    out: str = setting("output", "folder for samples, loss.png, log.jsonl and checkpoint.pdparams", writable)
+    arch: str = setting("dcgan", "network family (network.ARCHITECTURES)", choices=lambda: sorted(network.ARCHITECTURES),
                        trajectory=True)
-    size: int = option(None, "image side, a power of two (default: the dataset's; smaller sizes average pixel "
+    size: int = setting(None, "image side, a power of two (default: the dataset's; smaller sizes average pixel "
                        "blocks)", power_of_two, trajectory=True)
-    epochs: int = option(8, "passes of --epoch-images images (the tutorial trains 8)", at_least(1))
-    batch_size: int = option(None, "images per batch and process; on the built-in faces the default is a global "
+    epochs: int = setting(8, "passes of --epoch-images images (the tutorial trains 8)", at_least(1))
+    batch_size: int = setting(None, "images per batch and process; on the built-in faces the default is a global "
                              "batch, split among processes", at_least(1), applies="bce", trajectory=True)
-    epoch_images: int = option(None, "images per epoch", at_least(1), trajectory=True)
-    width: int = option(None, "channels next to the image in G and D, ngf = ndf", at_least(1), applies="arch",
+    epoch_images: int = setting(None, "images per epoch", at_least(1), trajectory=True)
+    width: int = setting(None, "channels next to the image in G and D, ngf = ndf", at_least(1), applies="arch",
                         trajectory=True)
-    z_dim: int = option(None, "latent size", at_least(1), trajectory=True)
-    lr: float = option(None, "learning rate of both networks", positive, trajectory=True)
-    beta1: float = option(None, "Adam beta1 (0.5 steadies GAN training)", within(0, 1, "[)"), trajectory=True)
-    beta2: float = option(None, "Adam beta2", within(0, 1, "[)"), trajectory=True)
-    d_steps: int = option(None, "D updates per iteration, each on the iteration's real batch and fresh fakes",
+    z_dim: int = setting(None, "latent size", at_least(1), trajectory=True)
+    lr: float = setting(None, "learning rate of both networks", positive, trajectory=True)
+    beta1: float = setting(None, "Adam beta1 (0.5 steadies GAN training)", within(0, 1, "[)"), trajectory=True)
+    beta2: float = setting(None, "Adam beta2", within(0, 1, "[)"), trajectory=True)
+    d_steps: int = setting(None, "D updates per iteration, each on the iteration's real batch and fresh fakes",
                           at_least(1), applies="bce", trajectory=True)
-    g_steps: int = option(None, "G updates per iteration (the tutorial's 2 keeps D from winning)", at_least(1),
+    g_steps: int = setting(None, "G updates per iteration (the tutorial's 2 keeps D from winning)", at_least(1),
                           applies="bce", trajectory=True)
-    flip: bool = option(None, "mirror half the images at random", trajectory=True)
-    seed: int = option(0, "seeds the weights, the noise and the data order", trajectory=True)
-    device: str = option("auto", runtime.DEVICE_HELP, choices=lambda: runtime.DEVICES)
-    sample_every: int = option(500, "iterations between sample grids (one is also written at each epoch end)",
+    flip: bool = setting(None, "mirror half the images at random", trajectory=True)
+    seed: int = setting(0, "seeds the weights, the noise and the data order", trajectory=True)
+    device: str = setting("auto", runtime.DEVICE_HELP, choices=runtime.DEVICES)
+    sample_every: int = setting(500, "iterations between sample grids (one is also written at each epoch end)",
                                at_least(1))
-    eval_every: int = option(0, "iterations between SWD measurements against a fixed real sample, in log.jsonl and "
+    eval_every: int = setting(0, "iterations between SWD measurements against a fixed real sample, in log.jsonl and "
                              "swd.png (0: never)", at_least(0))
-    log_every: int = option(10, "iterations per record in log.jsonl", at_least(1))
-    num_workers: int = option(0, "loader processes (0: read in the training thread, fast enough on a CPU; more can "
+    log_every: int = setting(10, "iterations per record in log.jsonl", at_least(1))
+    num_workers: int = setting(0, "loader processes (0: read in the training thread, fast enough on a CPU; more can "
                               "help a GPU)", at_least(0))
-    step: str = option("auto", "static: a DCGAN iteration as one static program with oneDNN convolutions, about "
+    step: str = setting("auto", "static: a DCGAN iteration as one static program with oneDNN convolutions, about "
                        "1.4x dygraph on a CPU, same maths; dygraph: Paddle's eager mode; auto: static on the CPU "
-                       "where the architecture has it", choices=lambda: ("auto", "static", "dygraph"))
-    save_every: int = option(500, "iterations between checkpoints, so a crash loses at most this many (one is also "
+                       "where the architecture has it", choices=("auto", "static", "dygraph"))
+    save_every: int = setting(500, "iterations between checkpoints, so a crash loses at most this many (one is also "
                              "written at each epoch end; 0: epoch ends only)", at_least(0))
-    keep: int = option(0, "numbered snapshots (checkpoint-IIIIIII.pdparams) kept besides checkpoint.pdparams, "
+    keep: int = setting(0, "numbered snapshots (checkpoint-IIIIIII.pdparams) kept besides checkpoint.pdparams, "
                        "newest first", at_least(0))
-    resume: str = option("auto", "auto: continue the run in --out if it has a checkpoint; never: start over "
+    resume: str = setting("auto", "auto: continue the run in --out if it has a checkpoint; never: start over "
                          "(overwriting it); or the path of a checkpoint to continue from", resumable)
-    optimizer: str = option("adam", "adam: the tutorial's; rmsprop: the Torch blog's (decay 0.9), warming up at "
-                            "lr/50 for 10 updates and lr/5 until 30", choices=lambda: OPTIMIZERS, applies="bce",
+    optimizer: str = setting("adam", "adam: the tutorial's; rmsprop: the Torch blog's (decay 0.9), warming up at "
+                            "lr/50 for 10 updates and lr/5 until 30", choices=OPTIMIZERS, applies="bce",
                             trajectory=True)
-    balance: str = option("none", "margin: skip D's update while it wins by a margin and G's while D is lost (the "
+    balance: str = setting("none", "margin: skip D's update while it wins by a margin and G's while D is lost (the "
                           "Torch blog); l2: weight decay on D that grows while G's loss is high; none: the tutorial's",
-                          choices=lambda: BALANCES, applies="bce", trajectory=True)
-    margin: float = option(0.3, "the margin of --balance margin: D skips below it, G above 1 - margin",
+                          choices=BALANCES, applies="bce", trajectory=True)
+    margin: float = setting(0.3, "the margin of --balance margin: D skips below it, G above 1 - margin",
                            within(0, 0.5, "(]"), applies="bce", trajectory=True)
-    real_label: float = option(1.0, "D's target for real images; 0.9 (soft labels) keeps D from getting "
+    real_label: float = setting(1.0, "D's target for real images; 0.9 (soft labels) keeps D from getting "
                                "overconfident", within(0.5, 1.0, "(]"), applies="bce", trajectory=True)
-    label_jitter: float = option(0.0, "uniform noise of +- this on D's targets, so they are never exact",
+    label_jitter: float = setting(0.0, "uniform noise of +- this on D's targets, so they are never exact",
                                  within(0, 0.5, "[)"), applies="bce", trajectory=True)
-    flip_labels: float = option(0.0, "probability of swapping a real and a fake target in D's loss, a noisy "
+    flip_labels: float = setting(0.0, "probability of swapping a real and a fake target in D's loss, a noisy "
                                 "teacher that slows D down", within(0, 0.5, "[)"), applies="bce", trajectory=True)
-    phase_kimg: float = option(None, "thousands of images each new resolution fades in for, and as many it then "
+    phase_kimg: float = setting(None, "thousands of images each new resolution fades in for, and as many it then "
                                "stabilises for", positive, applies="progressive", trajectory=True)
-    batch_sizes: str = option(None, "RES:BATCH per resolution and process, smaller batches where images are "
+    batch_sizes: str = setting(None, "RES:BATCH per resolution and process, smaller batches where images are "
                               "larger", batch_table, applies="progressive", trajectory=True)
-    fmap_base: int = option(512, "channels nf(res) = min(fmap_base / res, fmap_max); the official 8192",
+    fmap_base: int = setting(512, "channels nf(res) = min(fmap_base / res, fmap_max); the official 8192",
                             at_least(1), applies="arch", trajectory=True)
-    fmap_max: int = option(64, "the most channels of a layer; the official 512", at_least(1), applies="arch",
+    fmap_max: int = setting(64, "the most channels of a layer; the official 512", at_least(1), applies="arch",
                            trajectory=True)
 
 
@@ -220,10 +200,6 @@ def resolve_defaults(cfg, manifest, world):
     if embedded and world > 1:
         filled = method.share_batches(filled, world)
     return replace(cfg, **filled)
-
-
-def flag(name):
-    return "--" + name.replace("_", "-")
 
 
 def help_text(f):
@@ -507,21 +483,9 @@ def announce(cfg, dataset, method, device, procs, pos, resumed_from):
 
 def parse_args(argv=None):
     """(TrainConfig, parser, the settings given) from the command line; bad values are refused with one line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)  # exact flags: a resumed run must know which were given
-    for f in FIELDS.values():
-        if f.type is bool:
-            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text(f))
-        else:
-            choices = f.metadata["choices"]
-            parser.add_argument(flag(f.name), type=f.type, default=f.default, help=help_text(f),
-                                choices=choices() if choices else None)
-    cfg = TrainConfig(**vars(parser.parse_args(argv)))
-    for name, f in FIELDS.items():
-        value, check = getattr(cfg, name), f.metadata["check"]
-        problem = check(value) if check and value is not None else None
-        if problem:
-            parser.error(f"{flag(name)} {problem}")
+    parser = build_parser(TrainConfig, __doc__, help_text,
+                          allow_abbrev=False)  # exact flags: a resumed run must know which were given
+    cfg = parse(TrainConfig, parser, argv)
     given = sys.argv[1:] if argv is None else [str(a) for a in argv]
     explicit = {a.dest for a in parser._actions for opt in a.option_strings
                 for g in given if g == opt or g.startswith(opt + "=")}

@@ -12,8 +12,8 @@ SCRIPTS = ["pretreat.py", "dataReader.py", "weightInit.py", "network.py", "train
 
 def test_importing_the_scripts_creates_nothing_and_starts_nothing(tmp_path):
     code = ("import sys, threading; sys.path.insert(0, sys.argv[1]); "
-            "import pretreat, dataReader, weightInit, network, balance, checkpoint, faststep, progressive, train, "
-            "generator, evaluate; "
+            "import pretreat, dataReader, facedata, weightInit, network, balance, checkpoint, control, faststep, logs, "
+            "methods, metrics, progressive, runtime, train, generator, evaluate; "
             "print(threading.active_count())")
     result = subprocess.run([sys.executable, "-c", code, ROOT], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -40,3 +40,25 @@ def test_pretreat_does_not_load_paddle(args, tmp_path):
     result = subprocess.run([sys.executable, "-c", code, ROOT, *args], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False True"
+
+
+def test_the_import_graph_has_no_cycle():
+    import ast
+    modules = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}
+    graph = {}
+    for m in modules:
+        tree = ast.parse(open(os.path.join(ROOT, m + ".py")).read())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        graph[m] = {name.split(".")[0] for name in names} & modules - {m}
+    done, order = set(), []
+
+    def visit(m, path):
+        assert m not in path, " -> ".join(path + [m])
+        if m not in done:
+            for dep in sorted(graph[m]):
+                visit(dep, path + [m])
+            done.add(m)
+    for m in sorted(modules):
+        visit(m, [])
+    assert {"train", "generator", "evaluate"} <= done and "evaluate" not in graph["train"]
