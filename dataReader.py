@@ -18,7 +18,7 @@ import paddle
 from paddle.utils.dlpack import from_dlpack
 
 from facedata import DatasetError, FaceDataset, grid_scale, make_grid, to_uint8, write_png
-from options import at_least, build_parser, option, parse
+from options import at_least, build_parser, option, parse, refusing
 
 
 class EpochBatchSampler:
@@ -150,10 +150,8 @@ class PreviewConfig:
 def main(argv=None):
     parser = build_parser(PreviewConfig, __doc__)
     cfg = parse(PreviewConfig, parser, argv)
-    try:
+    with refusing(parser, DatasetError):
         dataset = FaceDataset(cfg.data, size=cfg.size)
-    except DatasetError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
     loader = make_loader(dataset, min(cfg.num, len(dataset)), flip=cfg.flip, seed=cfg.seed)
     batch = next(iter(loader))
     os.makedirs(os.path.dirname(cfg.out) or ".", exist_ok=True)

@@ -1,15 +1,9 @@
 """How good are the faces? The PG-GAN paper's metrics, which need no pretrained network.
 
-- Multi-scale sliced Wasserstein distance (SWD, Karras et al. 2018): Laplacian pyramid from
-  the image size down to 16x16; 128 random 7x7x3 patches per image and level, each set
-  normalised by its own per-channel mean and std; 4 repeats x 128 random directions; mean
-  absolute difference of the sorted projections. Reported x 1e3 per level and averaged.
-  Lower is better. The real/real value (two disjoint halves of the data) is the floor.
-- MS-SSIM diversity: 5-scale MS-SSIM of consecutive pairs of images, averaged; lower means
-  more varied faces. The real set's value is printed beside it.
-- Memorization: each generated face's nearest training image (pixel L2 at 32x32 or less, mirrored
-  training images included); a face closer than half the typical nearest-neighbour distance
-  between training images counts as a near-copy.
+The metrics are metrics.py's: the multi-scale sliced Wasserstein distance (SWD x 1e3, lower is
+closer to the data), MS-SSIM of consecutive pairs (lower is more varied; the real set's value is
+printed beside it) and near-copies of training faces (nearer than half the typical gap between
+two training faces).
 
 The trained G, the same network untrained, and the real floor are compared on equal numbers
 of images: --num, at most half the dataset.
@@ -30,7 +24,7 @@ from checkpoint import CheckpointError
 from facedata import DatasetError, FaceDataset, write_json
 from generator import generate, load_generator, untrained_like
 from metrics import diversity, memorization, swd
-from options import at_least, build_parser, option, parse
+from options import at_least, build_parser, option, parse, refusing
 
 
 @dataclass
@@ -84,19 +78,12 @@ def table(metrics):
     return "\n".join(lines)
 
 
-def parse_args(argv=None):
-    """EvalConfig from the command line; bad values are refused with one line and exit 2."""
-    parser = build_parser(EvalConfig, __doc__)
-    return parse(EvalConfig, parser, argv), parser
-
-
 def main(argv=None):
-    cfg, parser = parse_args(argv)
-    try:
+    parser = build_parser(EvalConfig, __doc__)
+    cfg = parse(EvalConfig, parser, argv)
+    with refusing(parser, CheckpointError, runtime.ConfigError, DatasetError):
         runtime.select_device(cfg.device)
         metrics = evaluate(cfg)
-    except (CheckpointError, runtime.ConfigError, DatasetError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
     out = cfg.out or os.path.join(os.path.dirname(cfg.checkpoint) or ".", "metrics.json")
     write_json(out, metrics)
     print(f"{metrics['size']}x{metrics['size']}, {metrics['images_per_set']} images per set, "

@@ -30,7 +30,7 @@ from checkpoint import READABLE, CheckpointError
 from facedata import enlarge, grid_scale, make_grid, to_uint8, write_json, write_png
 from logs import progress
 from network import sample
-from options import at_least, build_parser, option, parse
+from options import at_least, build_parser, option, parse, refusing
 
 GRID_MAX = 100    # faces shown in grid.png
 BATCH = 256       # faces generated per forward pass
@@ -169,19 +169,12 @@ def fast_generator(G, checkpoint):
     return InferenceGenerator(*files(stamp["model"]), bf16=stamp["bf16"])
 
 
-def parse_args(argv=None):
-    """GenerateConfig from the command line; bad values are refused with one line and exit 2."""
-    parser = build_parser(GenerateConfig, __doc__)
-    return parse(GenerateConfig, parser, argv), parser
-
-
 def main(argv=None):
-    cfg, parser = parse_args(argv)
-    try:
+    parser = build_parser(GenerateConfig, __doc__)
+    cfg = parse(GenerateConfig, parser, argv)
+    with refusing(parser, CheckpointError, runtime.ConfigError):
         device = runtime.select_device(cfg.device)
         G, state = load_generator(cfg.checkpoint)
-    except (CheckpointError, runtime.ConfigError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
     inference = network.architecture(state["arch"]).inference
     if cfg.engine == "inference" and device != "cpu":
         parser.exit(2, f"{parser.prog}: error: --engine inference runs on the CPU; add --device cpu\n")

@@ -11,6 +11,7 @@ default is None, meaning "decided later"). Checks return what is wrong after the
 ("must be at least 1, got 0"), or None. No Paddle here: pretreat.py uses it too.
 """
 import argparse
+import contextlib
 from dataclasses import field, fields
 
 
@@ -52,6 +53,16 @@ def parse(config, parser, argv=None):
         if problem:
             parser.error(f"{flag(f.name)} {problem}")
     return cfg
+
+
+@contextlib.contextmanager
+def refusing(parser, *errors):
+    """Within the block, one of `errors` (a user's mistake, whose message says what to do) ends the
+    program with that message on one line and exit code 2, as a bad option does; never a traceback."""
+    try:
+        yield
+    except errors as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
 # ----------------------------------------------------------------------------- checks

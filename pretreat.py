@@ -30,7 +30,7 @@ import numpy as np
 
 from facedata import FORMAT, IMAGES_FILE, MANIFEST_FILE, DatasetError, read_manifest, write_json
 from logs import progress
-from options import at_least, build_parser, option, parse
+from options import at_least, build_parser, option, parse, refusing
 
 CELEBA_NAMES = ("img_align_celeba", "img_align_celeba.zip")
 EMBEDDED = "embedded:skimage.data.lfw_subset[:100]"
@@ -392,21 +392,14 @@ def build(cfg):
 
 # ----------------------------------------------------------------------------- CLI
 
-def parse_args(argv=None):
-    """PretreatConfig from the command line, with bad values refused."""
-    parser = build_parser(PretreatConfig, __doc__)
-    return parse(PretreatConfig, parser, argv), parser
-
-
 def main(argv=None):
-    cfg, parser = parse_args(argv)
+    parser = build_parser(PretreatConfig, __doc__)
+    cfg = parse(PretreatConfig, parser, argv)
     if cfg.src is None and find_default_source() is None:
         print("no --src and no ./img_align_celeba[.zip]: using the 100 LFW faces shipped with scikit-image "
               "(for CelebA, put img_align_celeba.zip here or pass --src PATH)", file=sys.stderr)
-    try:
+    with refusing(parser, DatasetError):
         manifest = build(cfg)
-    except DatasetError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
     where = os.path.join(cfg.out, IMAGES_FILE)
     if manifest.get("up_to_date"):
         print(f"{where} is up to date: {manifest['count']} images of {manifest['size']}x{manifest['size']} "

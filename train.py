@@ -40,7 +40,7 @@ Examples:
 """
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import runtime  # before Paddle: thread and MKL settings; the device option, ConfigError
 import numpy as np
@@ -56,7 +56,7 @@ from facedata import DatasetError, FaceDataset, enlarge, grid_scale, make_grid, 
 from logs import Interval, RunLog, plot_curves, progress
 from methods import BCEMethod
 from metrics import swd
-from options import at_least, build_parser, flag, option, parse, positive, within
+from options import at_least, build_parser, flag, option, parse, positive, refusing, within
 from runtime import ConfigError
 
 SAMPLE_COUNT = 64  # fixed-noise faces per sample grid
@@ -509,10 +509,9 @@ def unwritable(folder):
 def main(argv=None):
     cfg, parser, explicit = parse_args(argv)
     try:
-        train(cfg, explicit=explicit)
-    except (DatasetError, ConfigError, checkpoint.CheckpointError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    except Diverged as e:
+        with refusing(parser, DatasetError, ConfigError, checkpoint.CheckpointError):
+            train(cfg, explicit=explicit)
+    except Diverged as e:  # not the user's mistake: exit 1, with what was kept
         parser.exit(1, f"{parser.prog}: {e}\n")
 
 

@@ -19,30 +19,23 @@ import network
 import train
 
 
-class ToyGenerator(nn.Layer):
+class ToyGenerator(nn.Sequential):
     """z -> 4x4 -> 8x8 RGB: two of network.py's up blocks."""
 
     def __init__(self, size=8, z_dim=16, width=4):
-        super().__init__()
-        self.args = dict(size=size, z_dim=z_dim, width=width)
-        self.main = nn.Sequential(network.up_block(z_dim, 2 * width, stride=1, padding=0),   # -> [N, 2w, 4, 4]
-                                  network.up_block(2 * width, 3, norm=False, act="tanh"))    # -> [N, 3, 8, 8]
-
-    def forward(self, z):
-        return self.main(z.reshape([-1, self.args["z_dim"], 1, 1]))
+        super().__init__(nn.Unflatten(1, [z_dim, 1, 1]),                                 # -> [N, z, 1, 1]
+                         network.up_block(z_dim, 2 * width, stride=1, padding=0),      # -> [N, 2w, 4, 4]
+                         network.up_block(2 * width, 3, norm=False, act="tanh"))       # -> [N, 3, 8, 8]
+        self.args = {"size": size, "z_dim": z_dim, "width": width}   # what a checkpoint rebuilds it from
 
 
-class ToyDiscriminator(nn.Layer):
+class ToyDiscriminator(nn.Sequential):
     """8x8 RGB -> one logit: one of network.py's conv blocks and a 4x4 convolution."""
 
     def __init__(self, size=8, z_dim=16, width=4):
-        super().__init__()
-        self.args = dict(size=size, z_dim=z_dim, width=width)
-        self.main = nn.Sequential(network.ConvBlock(3, width, norm=False),                    # -> [N, w, 4, 4]
-                                  nn.Conv2D(width, 1, 4, bias_attr=False))                     # -> [N, 1, 1, 1]
-
-    def forward(self, x):
-        return self.main(x).flatten()
+        super().__init__(network.ConvBlock(3, width, norm=False),                      # -> [N, w, 4, 4]
+                         nn.Conv2D(width, 1, 4, bias_attr=False), nn.Flatten(0))       # -> [N]
+        self.args = {"size": size, "z_dim": z_dim, "width": width}
 
 
 @pytest.fixture
@@ -62,7 +55,7 @@ def test_a_toy_architecture_trains_resumes_generates_and_evaluates(toy, lfw8, tm
     assert state["sampler"] == {"net": "G", "role": "G", "stage": None}
     paddle.seed(0)
     untrained = network.build("toy", **state["arch_args"])["G"]
-    assert not np.array_equal(state["G"]["main.0.conv.weight"], untrained.main[0].conv.weight.numpy())
+    assert not np.array_equal(state["G"]["1.conv.weight"], untrained[1].conv.weight.numpy())
     longer = checkpoint.load(train.train(train.TrainConfig(**{**vars(cfg), "epochs": 3})))
     assert longer["iteration"] == 12
 

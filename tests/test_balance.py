@@ -14,7 +14,6 @@ import methods
 import network
 import train
 from balance import Tricks, l2_step, label_targets, margin_rule, rmsprop_lr
-from conftest import assert_user_error, run_script
 
 
 @pytest.mark.parametrize("err_real, err_fake, expected", [
@@ -166,17 +165,6 @@ def test_l2_balance_moves_its_coefficient(lfw8, tmp_path):
         expected = l2_step(expected, r["loss_G"])
         assert r["coef_l2"] == pytest.approx(expected, abs=1e-12)
     assert state["method"]["coef_l2"] == pytest.approx(expected, abs=1e-12)
-
-
-@pytest.mark.parametrize("args, phrase", [
-    (["--margin", "0.6"], "--margin must be in (0, 0.5]"),
-    (["--real-label", "1.2"], "--real-label must be in (0.5, 1.0]"),
-    (["--flip-labels", "0.7"], "--flip-labels must be in [0, 0.5)"),
-    (["--balance", "margins"], "invalid choice: 'margins'"),
-    (["--optimizer", "sgd"], "invalid choice: 'sgd'"),
-])
-def test_bad_balance_flags(args, phrase, tmp_path):
-    assert_user_error(run_script("train.py", *args, cwd=tmp_path), phrase)
 
 
 def test_the_static_step_refuses_tricks():

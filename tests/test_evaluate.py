@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 
-import evaluate
 import metrics
 import train
 from conftest import assert_user_error, run_script

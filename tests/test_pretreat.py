@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import pretreat
-from conftest import ROOT, assert_user_error, build_dataset, celeba_like, run_script, write_jpegs, zip_folder
+from conftest import ROOT, assert_user_error, build_dataset, celeba_like, run_script, write_jpegs
 
 
 def read(out):

@@ -51,7 +51,7 @@ def test_the_import_graph_has_no_cycle():
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         graph[m] = {name.split(".")[0] for name in names} & modules - {m}
-    done, order = set(), []
+    done = set()
 
     def visit(m, path):
         assert m not in path, " -> ".join(path + [m])

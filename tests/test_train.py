@@ -164,11 +164,26 @@ def test_no_dataset_tells_to_run_pretreat(tmp_path):
 
 
 @pytest.mark.parametrize("args, phrase", [
-    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["--batch-size", "-3"], "--batch-size must be at least 1"),
     (["--lr", "0"], "--lr must be positive"),
+    (["--resume", "nowhere.pdparams"], "--resume nowhere.pdparams: no such checkpoint file"),
+    (["--save-every", "-1"], "--save-every must be 0 or more"),
+    (["--keep", "-2"], "--keep must be 0 or more"),
+    (["--width", "0"], "--width must be at least 1"),
+    (["--z-dim", "-5"], "--z-dim must be at least 1"),
+    (["--arch", "stylegan"], "invalid choice: 'stylegan'"),
+    (["--out", "a_file"], "--out a_file: it is a file, not a folder"),
+    (["--margin", "0.6"], "--margin must be in (0, 0.5]"),
+    (["--real-label", "1.2"], "--real-label must be in (0.5, 1.0]"),
+    (["--flip-labels", "0.7"], "--flip-labels must be in [0, 0.5)"),
+    (["--balance", "margins"], "invalid choice: 'margins'"),
+    (["--optimizer", "sgd"], "invalid choice: 'sgd'"),
+    (["--beta1", "1"], "--beta1 must be in [0, 1), got 1.0"),
+    (["--batch-sizes", "4-64"], "--batch-sizes 4-64: '4-64' is not RES:BATCH"),
 ])
-def test_bad_flags(args, phrase, tmp_path):
+def test_bad_flags_are_refused_at_parse_time(args, phrase, tmp_path):
+    (tmp_path / "a_file").write_text("x")
     assert_user_error(run_script("train.py", *args, cwd=tmp_path), phrase)
 
 
