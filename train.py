@@ -82,7 +82,9 @@ def batch_table(v):
 
 
 def resumable(v):
-    return None if v in ("auto", "never") or os.path.isfile(v) else f"{v}: no such checkpoint file (or use auto / never)"
+    if v in ("auto", "never") or os.path.isfile(v):
+        return None
+    return f"{v}: no such checkpoint file (or use auto / never)"
 
 
 def writable(v):
@@ -101,65 +103,65 @@ def setting(default, help, check=None, choices=None, applies=None, trajectory=Fa
 class TrainConfig:
     data: str = setting("data", "dataset folder written by pretreat.py (or its images.npy)")
     out: str = setting("output", "folder for samples, loss.png, log.jsonl and checkpoint.pdparams", writable)
-    arch: str = setting("dcgan", "network family (network.ARCHITECTURES)", choices=lambda: sorted(network.ARCHITECTURES),
-                       trajectory=True)
+    arch: str = setting("dcgan", "network family (network.ARCHITECTURES)",
+                        choices=lambda: sorted(network.ARCHITECTURES), trajectory=True)
     size: int = setting(None, "image side, a power of two (default: the dataset's; smaller sizes average pixel "
-                       "blocks)", power_of_two, trajectory=True)
+                        "blocks)", power_of_two, trajectory=True)
     epochs: int = setting(8, "passes of --epoch-images images (the tutorial trains 8)", at_least(1))
     batch_size: int = setting(None, "images per batch and process; on the built-in faces the default is a global "
-                             "batch, split among processes", at_least(1), applies="bce", trajectory=True)
+                              "batch, split among processes", at_least(1), applies="bce", trajectory=True)
     epoch_images: int = setting(None, "images per epoch", at_least(1), trajectory=True)
     width: int = setting(None, "channels next to the image in G and D, ngf = ndf", at_least(1), applies="arch",
-                        trajectory=True)
+                         trajectory=True)
     z_dim: int = setting(None, "latent size", at_least(1), trajectory=True)
     lr: float = setting(None, "learning rate of both networks", positive, trajectory=True)
     beta1: float = setting(None, "Adam beta1 (0.5 steadies GAN training)", within(0, 1, "[)"), trajectory=True)
     beta2: float = setting(None, "Adam beta2", within(0, 1, "[)"), trajectory=True)
     d_steps: int = setting(None, "D updates per iteration, each on the iteration's real batch and fresh fakes",
-                          at_least(1), applies="bce", trajectory=True)
+                           at_least(1), applies="bce", trajectory=True)
     g_steps: int = setting(None, "G updates per iteration (the tutorial's 2 keeps D from winning)", at_least(1),
-                          applies="bce", trajectory=True)
+                           applies="bce", trajectory=True)
     flip: bool = setting(None, "mirror half the images at random", trajectory=True)
     seed: int = setting(0, "seeds the weights, the noise and the data order", trajectory=True)
     device: str = setting("auto", runtime.DEVICE_HELP, choices=runtime.DEVICES)
     sample_every: int = setting(500, "iterations between sample grids (one is also written at each epoch end)",
-                               at_least(1))
+                                at_least(1))
     eval_every: int = setting(0, "iterations between SWD measurements against a fixed real sample, in log.jsonl and "
-                             "swd.png (0: never)", at_least(0))
+                              "swd.png (0: never)", at_least(0))
     log_every: int = setting(10, "iterations per record in log.jsonl", at_least(1))
     num_workers: int = setting(0, "loader processes (0: read in the training thread, fast enough on a CPU; more can "
-                              "help a GPU)", at_least(0))
+                               "help a GPU)", at_least(0))
     step: str = setting("auto", "static: a DCGAN iteration as one static program with oneDNN convolutions, about "
-                       "1.4x dygraph on a CPU, same maths; dygraph: Paddle's eager mode; auto: static on the CPU "
-                       "where the architecture has it", choices=("auto", "static", "dygraph"))
+                        "1.4x dygraph on a CPU, same maths; dygraph: Paddle's eager mode; auto: static on the CPU "
+                        "where the architecture has it", choices=("auto", "static", "dygraph"))
     save_every: int = setting(500, "iterations between checkpoints, so a crash loses at most this many (one is also "
-                             "written at each epoch end; 0: epoch ends only)", at_least(0))
+                              "written at each epoch end; 0: epoch ends only)", at_least(0))
     keep: int = setting(0, "numbered snapshots (checkpoint-IIIIIII.pdparams) kept besides checkpoint.pdparams, "
-                       "newest first", at_least(0))
+                        "newest first", at_least(0))
     resume: str = setting("auto", "auto: continue the run in --out if it has a checkpoint; never: start over "
-                         "(overwriting it); or the path of a checkpoint to continue from", resumable)
+                          "(overwriting it); or the path of a checkpoint to continue from", resumable)
     optimizer: str = setting("adam", "adam: the tutorial's; rmsprop: the Torch blog's (decay 0.9), warming up at "
-                            "lr/50 for 10 updates and lr/5 until 30", choices=OPTIMIZERS, applies="bce",
-                            trajectory=True)
+                             "lr/50 for 10 updates and lr/5 until 30", choices=OPTIMIZERS, applies="bce",
+                             trajectory=True)
     balance: str = setting("none", "margin: skip D's update while it wins by a margin and G's while D is lost (the "
-                          "Torch blog); l2: weight decay on D that grows while G's loss is high; none: the tutorial's",
-                          choices=BALANCES, applies="bce", trajectory=True)
+                           "Torch blog); l2: weight decay on D that grows while G's loss is high; none: the tutorial's",
+                           choices=BALANCES, applies="bce", trajectory=True)
     margin: float = setting(0.3, "the margin of --balance margin: D skips below it, G above 1 - margin",
-                           within(0, 0.5, "(]"), applies="bce", trajectory=True)
+                            within(0, 0.5, "(]"), applies="bce", trajectory=True)
     real_label: float = setting(1.0, "D's target for real images; 0.9 (soft labels) keeps D from getting "
-                               "overconfident", within(0.5, 1.0, "(]"), applies="bce", trajectory=True)
+                                "overconfident", within(0.5, 1.0, "(]"), applies="bce", trajectory=True)
     label_jitter: float = setting(0.0, "uniform noise of +- this on D's targets, so they are never exact",
-                                 within(0, 0.5, "[)"), applies="bce", trajectory=True)
+                                  within(0, 0.5, "[)"), applies="bce", trajectory=True)
     flip_labels: float = setting(0.0, "probability of swapping a real and a fake target in D's loss, a noisy "
-                                "teacher that slows D down", within(0, 0.5, "[)"), applies="bce", trajectory=True)
+                                 "teacher that slows D down", within(0, 0.5, "[)"), applies="bce", trajectory=True)
     phase_kimg: float = setting(None, "thousands of images each new resolution fades in for, and as many it then "
-                               "stabilises for", positive, applies="progressive", trajectory=True)
+                                "stabilises for", positive, applies="progressive", trajectory=True)
     batch_sizes: str = setting(None, "RES:BATCH per resolution and process, smaller batches where images are "
-                              "larger", batch_table, applies="progressive", trajectory=True)
+                               "larger", batch_table, applies="progressive", trajectory=True)
     fmap_base: int = setting(512, "channels nf(res) = min(fmap_base / res, fmap_max); the official 8192",
-                            at_least(1), applies="arch", trajectory=True)
+                             at_least(1), applies="arch", trajectory=True)
     fmap_max: int = setting(64, "the most channels of a layer; the official 512", at_least(1), applies="arch",
-                           trajectory=True)
+                            trajectory=True)
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -390,7 +392,8 @@ class Run:
     def measure(self):
         per_size, mean = swd(self.faces(self.eval_z), self.eval_real, seed=self.cfg.seed)
         self.log.append({"epoch": self.pos.epoch, "iteration": self.pos.iteration, "images": self.pos.images_seen,
-                         "swd_x1e3": round(mean, 3), "swd_x1e3_per_size": {s: round(v, 3) for s, v in per_size.items()}})
+                         "swd_x1e3": round(mean, 3),
+                         "swd_x1e3_per_size": {s: round(v, 3) for s, v in per_size.items()}})
         plot_curves(self.log.evaluations, {"swd_x1e3": "SWD x 1e3 (mean over sizes)"}, "SWD x 1e3, lower is better",
                     os.path.join(self.cfg.out, "swd.png"))
 
@@ -406,7 +409,8 @@ class Run:
                  "arch_args": method.args, **method.parts(), "rng": checkpoint.rng_state(), **asdict(pos),
                  "order": self.loader.batch_sampler.epoch_order(), "method": method.state(pos),
                  "sampler": {"net": method.sampler, "role": "G", "stage": method.stage(pos)},
-                 "fixed_z": self.fixed_z, "config": asdict(cfg), "dataset": checkpoint.fingerprint(self.dataset.manifest)}
+                 "fixed_z": self.fixed_z, "config": asdict(cfg),
+                 "dataset": checkpoint.fingerprint(self.dataset.manifest)}
         checkpoint.save(self.path, state)
         if cfg.keep:
             checkpoint.save(os.path.join(cfg.out, checkpoint.snapshot_name(pos.iteration)), state)

@@ -75,7 +75,8 @@ def test_store_then_load_round_trips_and_training_continues_in_dygraph():
     for k, v in state(*fresh).items():
         np.testing.assert_array_equal(v, first[k], err_msg=k)
     before = state(*fresh)
-    methods.bce_iteration(*fresh, paddle.uniform([4, 3, 16, 16], min=-1, max=1), 100, 1, 2, Tricks())  # the stored moments are used
+    real = paddle.uniform([4, 3, 16, 16], min=-1, max=1)
+    methods.bce_iteration(*fresh, real, 100, 1, 2, Tricks())  # the stored moments are used
     assert not np.array_equal(state(*fresh)["G.main.0.conv.weight.moment1_0"], before["G.main.0.conv.weight.moment1_0"])
 
 

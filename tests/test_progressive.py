@@ -172,7 +172,8 @@ def test_pggan_grows_samples_at_each_resolution_resumes_mid_fade_and_generates(l
     assert checkpoint.load(str(early))["method"]["stage"] == {"res": 8, "alpha": 0.0, "phase": 1}
     generator.main(["--checkpoint", str(early), "--out", str(tmp_path / "early"), "--num", "3", "--seed", "0"])
     # a checkpoint as written before issue 12 (no "sampler": G_ema and the method's stage say it), during 4x4
-    mid4 = {**{k: v for k, v in whole.items() if k != "sampler"}, "method": {"stage": {"res": 4, "alpha": 1.0, "phase": 0}}}
+    mid4 = {k: v for k, v in whole.items() if k != "sampler"}
+    mid4["method"] = {"stage": {"res": 4, "alpha": 1.0, "phase": 0}}
     paddle.save(mid4, str(tmp_path / "mid4.pdparams"))
     generator.main(["--checkpoint", str(tmp_path / "mid4.pdparams"), "--out", str(tmp_path / "mid4"),
                     "--num", "2", "--seed", "0"])
