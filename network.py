@@ -23,7 +23,7 @@ Example:
     python -c "import network; print(network.build('dcgan', size=64)['G'])"
 """
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle
@@ -32,7 +32,7 @@ import paddle.nn.functional as F
 from paddle.nn.initializer import Constant, Normal
 
 from facedata import to_uint8
-from weightInit import dcgan_init
+from weightInit import dcgan_init, torch_default_init
 
 # Paddle warns at the first BatchNorm forward in training mode that it tracks running statistics,
 # which is what BatchNorm has always done; the message only confuses users.
@@ -362,7 +362,92 @@ class PGGANDiscriminator(nn.Layer):
         return self.out(x).reshape([-1])                            # -> [N] scores (WGAN: not logits)
 
 
+# ----------------------------------------------------------------------------- "Make Your Own GAN", part IV
+
+# The series' LeakyReLU slope in its MLP networks: 0.02 (its notebooks' nn.LeakyReLU(0.02)).
+MLP_SLOPE = 0.02
+
+
+class MLPGenerator(nn.Layer):
+    """The series' first face G, one hidden layer: z -> 300 -> LeakyReLU -> LayerNorm -> 3 x S x S.
+
+    Its sigmoid output in [0, 1] is mapped to the project's [-1, 1] as 2 * sigmoid - 1. Any
+    size; PyTorch's default initialisation, as the series' code.
+    """
+
+    def __init__(self, size=32, z_dim=100, hidden=300):
+        super().__init__()
+        self.args = dict(size=size, z_dim=z_dim)
+        self.main = nn.Sequential(nn.Linear(z_dim, hidden), nn.LeakyReLU(MLP_SLOPE), nn.LayerNorm(hidden),
+                                  nn.Linear(hidden, 3 * size * size))                  # -> [N, 3 S S]
+        self.apply(torch_default_init)
+
+    def forward(self, z):
+        s = self.args["size"]
+        return F.sigmoid(self.main(z.reshape([-1, self.args["z_dim"]]))).reshape([-1, 3, s, s]) * 2 - 1
+
+
+class MLPDiscriminator(nn.Layer):
+    """The series' first face D: flatten -> 100 -> LeakyReLU -> LayerNorm -> one logit (its sigmoid is in the loss)."""
+
+    def __init__(self, size=32, z_dim=100, hidden=100):
+        super().__init__()
+        self.args = dict(size=size, z_dim=z_dim)
+        self.main = nn.Sequential(nn.Linear(3 * size * size, hidden), nn.LeakyReLU(MLP_SLOPE), nn.LayerNorm(hidden),
+                                  nn.Linear(hidden, 1))
+        self.apply(torch_default_init)
+
+    def forward(self, x):
+        return self.main(x.reshape([x.shape[0], -1])).reshape([-1])                  # -> [N] logits
+
+
+def conv128_block(in_ch, out_ch, norm=True, transposed=False, padding=0):
+    """The series' 8x8 stride-2 (transposed) convolution, no bias -> BatchNorm (optional) -> LeakyReLU 0.2."""
+    return ConvBlock(in_ch, out_ch, kernel=8, stride=2, padding=padding, norm=norm, transposed=transposed)
+
+
+class Conv128Generator(nn.Layer):
+    """The series' convolutional G for 128x128 crops, layer for layer:
+    z -> dense 3x28x28 -> LeakyReLU -> 256x62x62 -> 3x128x128 -> BatchNorm -> LeakyReLU -> tanh."""
+
+    def __init__(self, size=128, z_dim=100):
+        super().__init__()
+        self.args = dict(size=size, z_dim=z_dim)
+        self.dense = nn.Sequential(nn.Linear(z_dim, 3 * 28 * 28), nn.LeakyReLU(0.2))
+        self.main = nn.Sequential(conv128_block(3, 256, transposed=True),              # -> [N, 256, 62, 62]
+                                  conv128_block(256, 3, transposed=True, padding=1),   # -> [N, 3, 128, 128]
+                                  nn.Tanh())
+        self.apply(torch_default_init)
+
+    def forward(self, z):
+        return self.main(self.dense(z.reshape([-1, self.args["z_dim"]])).reshape([-1, 3, 28, 28]))
+
+
+class Conv128Discriminator(nn.Layer):
+    """The series' convolutional D: three 8x8 stride-2 convolutions with spatial dropout 0.3, 3x10x10 -> one logit."""
+
+    def __init__(self, size=128, z_dim=100):
+        super().__init__()
+        self.args = dict(size=size, z_dim=z_dim)
+        self.main = nn.Sequential(conv128_block(3, 256), nn.Dropout2D(0.3),              # -> [N, 256, 61, 61]
+                                  conv128_block(256, 256), nn.Dropout2D(0.3),            # -> [N, 256, 27, 27]
+                                  conv128_block(256, 3, norm=False), nn.Dropout2D(0.3))  # -> [N, 3, 10, 10]
+        self.head = nn.Linear(3 * 10 * 10, 1)
+        self.apply(torch_default_init)
+
+    def forward(self, x):
+        return self.head(self.main(x).reshape([x.shape[0], -1])).reshape([-1])      # -> [N] logits
+
+
 # ----------------------------------------------------------------------------- registry
+
+def power_of_two_size(size, smallest=8):
+    """Why these networks cannot be built at `size`, or None: DCGAN-like sizes, powers of two >= `smallest`."""
+    try:
+        check_size(size, smallest)
+    except ValueError as e:
+        return str(e)
+    return None
 
 @dataclass(frozen=True)
 class Architecture:
@@ -372,6 +457,8 @@ class Architecture:
     method: str                # its training method, a key of train.METHODS
     static_step: bool = False  # faststep.py builds its iteration as a static oneDNN program
     inference: bool = False    # Paddle Inference runs its G (generator.py's CPU path)
+    size_problem: object = power_of_two_size   # size -> why it cannot be built at that size, or None
+    defaults: dict = field(default_factory=dict)   # its own values for settings its method would choose
 
 
 ARCHITECTURES = {
@@ -382,7 +469,15 @@ ARCHITECTURES = {
     "torchblog": Architecture({"G": TorchBlogGenerator, "D": TorchBlogDiscriminator}, ("size", "z_dim", "width"),
                               "bce"),
     "pggan": Architecture({"G": PGGANGenerator, "D": PGGANDiscriminator}, ("size", "z_dim", "fmap_base", "fmap_max"),
-                          "progressive"),
+                          "progressive", size_problem=lambda size: power_of_two_size(size, smallest=4)),
+    # "Make Your Own GAN", part IV: Adam lr 1e-4 with PyTorch's betas, one D and one G update per step
+    "mlp": Architecture({"G": MLPGenerator, "D": MLPDiscriminator}, ("size", "z_dim"), "bce",
+                        size_problem=lambda size: None if size >= 1 else f"size must be positive, got {size}",
+                        defaults=dict(lr=1e-4, beta1=0.9, g_steps=1)),
+    "conv128": Architecture({"G": Conv128Generator, "D": Conv128Discriminator}, ("size", "z_dim"), "bce",
+                            size_problem=lambda size: None if size == 128 else
+                            f"its layers fit 128x128 images only, not {size}x{size}",
+                            defaults=dict(lr=1e-4, beta1=0.9, g_steps=1)),
 }
 
 

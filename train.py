@@ -197,7 +197,7 @@ def resolve_defaults(cfg, manifest, world):
     if filled.get("epoch_images", 0) is None:
         filled["epoch_images"] = manifest["count"]
     method = METHODS[arch.method]
-    more = method.defaults(replace(cfg, **filled), embedded)
+    more = {**method.defaults(replace(cfg, **filled), embedded), **arch.defaults}   # the architecture's own win
     filled.update({k: v for k, v in more.items() if getattr(cfg, k) is None})
     if embedded and world > 1:
         filled = method.share_batches(filled, world)
@@ -216,7 +216,10 @@ def help_text(f):
         parts.append(f"{shown(TUTORIAL_DEFAULTS[f.name])}; {shown(EMBEDDED_DEFAULTS[f.name])} on the built-in faces")
     by_text = {}
     for name, arch in network.ARCHITECTURES.items():
-        text = METHODS[arch.method].default_help(f.name) if applies(f.name, arch) and f.default is None else None
+        text = None
+        if applies(f.name, arch) and f.default is None:
+            own = arch.defaults.get(f.name)
+            text = METHODS[arch.method].default_help(f.name) if own is None else f"{own:g}"
         if text is not None:
             by_text.setdefault(text, []).append(name)
     if len(by_text) == 1:  # one default wherever the setting applies
@@ -436,6 +439,10 @@ def train(cfg, explicit=None):
     cfg = replace(resolve_defaults(cfg, dataset.manifest, procs.world), size=dataset.size)
     device = runtime.select_device(cfg.device)
     arch = network.architecture(cfg.arch)
+    problem = arch.size_problem(dataset.size)
+    if problem:
+        raise ConfigError(f"--arch {cfg.arch} cannot train on the {dataset.size}x{dataset.size} images of {cfg.data}: "
+                          f"{problem}; make a dataset it fits (pretreat.py --size) or read this one at another --size")
 
     # --- the method (networks, optimizers) and the data it is fed
     paddle.seed(cfg.seed)
