@@ -30,7 +30,7 @@ import paddle
 from facedata import write_atomic
 from runtime import ConfigError
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 FILE = "checkpoint.pdparams"
 FORMAT = "paddle-fakeface-checkpoint/2"
@@ -122,6 +122,7 @@ def load(path, formats=(FORMAT,)):
                               "it is truncated or not a paddle-fakeface checkpoint") from None
     if not isinstance(state, dict) or state.get("format") not in READABLE:
         raise CheckpointError(f"{path} is not a paddle-fakeface checkpoint")
+    upgrade(state)
     if state["format"] not in formats:
         raise CheckpointError(f"{path} is an older checkpoint ({state['format']}) that cannot resume "
                               "training; generator.py still reads it. Start a new run with --resume never")
@@ -157,6 +158,19 @@ def sampler(state):
     stage = state.get("method", {}).get("stage")
     return ("G_ema" if "G_ema" in state else "G"), "G", (
         None if stage is None else {"res": int(stage["res"]), "alpha": float(stage["alpha"])})
+
+
+def upgrade(state):
+    """Bring an older checkpoint's settings to this version's meaning, in place.
+
+    Before 0.5.0, --fmap-base meant nf(res) = min(fmap_base / res, fmap_max); it now means the
+    official nf(stage) = min(fmap_base / 2^stage, fmap_max), half the number for the same network.
+    """
+    version = tuple(int(v) for v in str(state.get("version", "0")).split(".") if v.isdigit())
+    if version < (0, 5, 0):
+        for args in (state.get("arch_args"), state.get("config")):
+            if isinstance(args, dict) and args.get("fmap_base"):
+                args["fmap_base"] //= 2
 
 
 # ----------------------------------------------------------------------------- optimizer state

@@ -267,9 +267,13 @@ def downsample(x):
 
 
 def pggan_channels(size, fmap_base, fmap_max):
-    """{resolution: channels}, nf(res) = min(fmap_base / res, fmap_max), from 4 to `size`."""
+    """{resolution: channels} from 4 to `size`, as the official code: nf(stage) = min(fmap_base / 2^stage, fmap_max)
+    with 4x4 at stage 1, that is nf(res) = min(2 fmap_base / res, fmap_max).
+
+    The paper's 8192 and 512 give 512 channels up to 32x32, then 256, 128, ... 16 at 1024.
+    """
     check_size(size, smallest=4)
-    return {r: max(1, min(fmap_base // r, fmap_max)) for r in (2 ** k for k in range(2, size.bit_length()))}
+    return {r: max(1, min(2 * fmap_base // r, fmap_max)) for r in (2 ** k for k in range(2, size.bit_length()))}
 
 
 class PGGANGenerator(nn.Layer):
@@ -280,7 +284,7 @@ class PGGANGenerator(nn.Layer):
     fade (alpha < 1) the output is lerp(upsample(to_rgb_old(prev)), to_rgb_new(new), alpha).
     """
 
-    def __init__(self, size=32, z_dim=512, fmap_base=512, fmap_max=64):
+    def __init__(self, size=32, z_dim=512, fmap_base=256, fmap_max=64):
         super().__init__()
         self.args = dict(size=size, z_dim=z_dim, fmap_base=fmap_base, fmap_max=fmap_max)
         self.nf = pggan_channels(size, fmap_base, fmap_max)
@@ -327,7 +331,7 @@ class PGGANDiscriminator(nn.Layer):
     G's: lerp(from_rgb_old(avgpool(x)), block(from_rgb_new(x)), alpha).
     """
 
-    def __init__(self, size=32, z_dim=512, fmap_base=512, fmap_max=64):
+    def __init__(self, size=32, z_dim=512, fmap_base=256, fmap_max=64):
         super().__init__()
         self.args = dict(size=size, z_dim=z_dim, fmap_base=fmap_base, fmap_max=fmap_max)
         self.nf = pggan_channels(size, fmap_base, fmap_max)

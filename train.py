@@ -158,7 +158,8 @@ class TrainConfig:
                                 "stabilises for", positive, applies="progressive", trajectory=True)
     batch_sizes: str = setting(None, "RES:BATCH per resolution and process, smaller batches where images are "
                                "larger", batch_table, applies="progressive", trajectory=True)
-    fmap_base: int = setting(512, "channels nf(res) = min(fmap_base / res, fmap_max); the official 8192",
+    fmap_base: int = setting(256, "channels per resolution as the official code, nf(stage) = min(fmap_base / "
+                             "2^stage, fmap_max) with 4x4 at stage 1; the paper's 8192",
                              at_least(1), applies="arch", trajectory=True)
     fmap_max: int = setting(64, "the most channels of a layer; the official 512", at_least(1), applies="arch",
                             trajectory=True)

@@ -12,7 +12,7 @@ import progressive
 import train
 from conftest import assert_user_error, run_script, sigint_after
 
-SMALL = dict(size=16, z_dim=32, fmap_base=64, fmap_max=16)
+SMALL = dict(size=16, z_dim=32, fmap_base=32, fmap_max=16)
 
 
 def nets(seed=0):
@@ -138,7 +138,7 @@ def test_batch_size_table():
 
 def tiny(data, out, **over):
     options = dict(data=data, out=str(out), arch="pggan", size=8, epochs=4, epoch_images=64, phase_kimg=0.064,
-                   batch_sizes="4:16,8:8", z_dim=32, fmap_base=64, fmap_max=16, log_every=1, sample_every=100,
+                   batch_sizes="4:16,8:8", z_dim=32, fmap_base=32, fmap_max=16, log_every=1, sample_every=100,
                    device="cpu")
     options.update(over)
     return train.TrainConfig(**options)
@@ -202,3 +202,29 @@ def test_pggan_settings_are_refused_for_dcgan(lfw8, tmp_path):
     cfg = train.TrainConfig(data=lfw8, out=str(tmp_path), width=8, phase_kimg=1.0, device="cpu")
     with pytest.raises(train.ConfigError, match="--phase-kimg does not apply to --arch dcgan"):
         train.train(cfg)
+
+
+def test_fmap_base_means_the_official_code_and_the_paper_sizes_match_its_parameter_counts():
+    # Karras et al. 2018, Table 2: G and D of 23.1M parameters each at 1024x1024 (fmap_base 8192, fmap_max 512)
+    G, D = network.build("pggan", size=1024, z_dim=512, fmap_base=8192, fmap_max=512).values()
+    assert list(G.nf.values()) == [512, 512, 512, 512, 256, 128, 64, 32, 16]
+    assert network.count_parameters(G) == pytest.approx(23.1e6, abs=0.05e6)
+    assert network.count_parameters(D) == pytest.approx(23.1e6, abs=0.05e6)
+
+
+@pytest.mark.parametrize("size, millions, printed", [
+    (4, 6.56, 0.01), (8, 11.2, 0.1), (16, 13.05, 0.01), (32, 13.49, 0.01), (64, 13.59, 0.03), (128, 13.62, 0.03)])
+def test_the_pggan_articles_table_is_fmap_base_2048(size, millions, printed):
+    # The PG-GAN article's G sizes per resolution: 512, 512, 256, 128, 64, 32 channels, which is
+    # the official formula at fmap_base 2048. Its 64 and 128 px figures are 0.02M below ours.
+    G = network.build_net("pggan", "G", dict(size=size, z_dim=512, fmap_base=2048, fmap_max=512))
+    assert network.count_parameters(G) == pytest.approx(millions * 1e6, abs=printed * 1e6)
+
+
+def test_a_checkpoint_from_before_the_official_meaning_is_read_with_its_networks(lfw8, tmp_path):
+    state = checkpoint.load(train.train(tiny(lfw8, tmp_path / "run", epochs=1)))
+    old = dict(state, version="0.4.0", arch_args={**state["arch_args"], "fmap_base": 64},
+               config={**state["config"], "fmap_base": 64})
+    paddle.save(old, str(tmp_path / "old.pdparams"))
+    G, read = generator.load_generator(str(tmp_path / "old.pdparams"))
+    assert read["arch_args"]["fmap_base"] == 32 and list(G.nf.values()) == [16, 8]
