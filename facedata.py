@@ -114,6 +114,20 @@ def write_png(path, image, scale=1):
     write_atomic(path, buf.tobytes())
 
 
+def write_gif(path, frames, ms=60, scale=1):
+    """Write uint8 N x H x W x 3 RGB frames as an animated GIF that loops forever, atomically;
+    `ms` per frame, `scale` enlarges small frames (nearest)."""
+    import io
+    from PIL import Image  # imported here: only animations need it
+
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0)
+    write_atomic(path, buf.getvalue())
+
+
 def grid_scale(size):
     """How much to enlarge a grid of size x size images so faces are visible in a viewer."""
     return max(1, 64 // size)

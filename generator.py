@@ -14,6 +14,8 @@ Examples:
     python generator.py --num 16 --seed 7 --out faces/
     python generator.py --checkpoint runs/celeba/checkpoint.pdparams --num 1000
     python generator.py --export deploy/generator        # the deployable model, for paddle.inference
+    python generator.py --seeds 1,5,9                    # exactly these seeds' faces: seed0001.png ...
+    python generator.py --walk 8 --seed 3                # walk.gif: a loop through 8 latent points
 """
 import json
 import os
@@ -27,13 +29,21 @@ import paddle
 import checkpoint
 import network
 from checkpoint import READABLE, CheckpointError
-from facedata import enlarge, grid_scale, make_grid, to_uint8, write_json, write_png
+from facedata import enlarge, grid_scale, make_grid, to_uint8, write_gif, write_json, write_png
 from logs import progress
 from network import sample
 from options import at_least, build_parser, option, parse, refusing
 
 GRID_MAX = 100    # faces shown in grid.png
 BATCH = 256       # faces generated per forward pass
+
+
+def seeds_problem(text):
+    try:
+        parse_seeds(text)
+    except ValueError as e:
+        return f"{text}: {e}"
+    return None
 
 
 @dataclass
@@ -47,9 +57,16 @@ class GenerateConfig:
                          "inference on the CPU where the architecture allows it, falling back to dygraph with a "
                          "message", choices=("auto", "inference", "dygraph"))
     export: str = option(None, "also write the deployable model (paddle.jit.save) to this path prefix")
+    seeds: str = option(None, "write exactly these seeds' faces, one per seed (seedSSSS.png), as 1,5,9 or 0-99; "
+                        "a face depends on its seed alone", seeds_problem)
+    walk: int = option(None, "write walk.gif and its frames (walk/): a looping walk through this many random latent "
+                       "points (from --seed), by spherical interpolation, back to the first", at_least(2))
 
 
 EXPORT_DIR = "generator_export"   # beside the checkpoint
+WALK_FRAMES = 24                  # frames from one latent point to the next
+WALK_MS = 80                      # per frame: 24 frames take about 2 seconds
+
 
 
 def load_generator(path):
@@ -82,17 +99,55 @@ def untrained_like(G, state, seed):
     return untrained
 
 
-def generate(G, num, seed, forward=None):
-    """`num` faces as uint8 N x H x W x 3, a pure function of (G, num, seed).
+def draw(G, z, forward=None):
+    """uint8 N x H x W x 3 faces for the float32 noise rows `z`; each face depends on its own row alone.
 
     `forward` maps float32 noise to uint8 faces; by default G in eager mode.
     """
-    forward = forward or (lambda z: sample(G, z))
-    z = np.random.default_rng(seed).standard_normal((num, G.args["z_dim"])).astype(np.float32)
+    forward = forward or (lambda batch: sample(G, batch))
     faces = np.concatenate([forward(z[i:i + BATCH])
-                            for i in progress(range(0, num, BATCH), desc="generate", unit="batch",
-                                              total=-(-num // BATCH), disable=num <= BATCH)])
+                            for i in progress(range(0, len(z), BATCH), desc="generate", unit="batch",
+                                              total=-(-len(z) // BATCH), disable=len(z) <= BATCH)])
     return enlarge(faces, G.args["size"])  # a G drawing below its final size (an early stage): shown upsampled
+
+
+def generate(G, num, seed, forward=None):
+    """`num` faces as uint8 N x H x W x 3, a pure function of (G, num, seed)."""
+    return draw(G, np.random.default_rng(seed).standard_normal((num, G.args["z_dim"])).astype(np.float32), forward)
+
+
+# ----------------------------------------------------------------------------- seeds and walks
+
+def parse_seeds(text):
+    """'1,5,9' or '0-3,7' -> [1, 5, 9] or [0, 1, 2, 3, 7]; ValueError saying what is wrong."""
+    seeds = []
+    for item in text.split(","):
+        low, _, high = item.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()) or (high and int(high) < int(low)):
+            raise ValueError(f"{item!r} is not a seed or a range like 0-9")
+        seeds += list(range(int(low), int(high or low) + 1))
+    return seeds
+
+
+def seed_noise(seeds, z_dim):
+    """One noise row per seed, a function of that seed alone: --seeds 5 draws the face --seeds 0-9 draws for 5."""
+    return np.stack([np.random.default_rng(s).standard_normal(z_dim) for s in seeds]).astype(np.float32)
+
+
+def slerp(a, b, t):
+    """Spherical interpolation from noise `a` to `b` at fraction `t` (linear where they are parallel)."""
+    cos = np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    if np.sin(omega) < 1e-6:
+        return (1 - t) * a + t * b
+    return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+
+
+def walk_noise(points, frames):
+    """`frames` noise rows per step through the rows of `points` and back to the first, a closed loop."""
+    steps = [slerp(points[i], points[(i + 1) % len(points)], t)
+             for i in range(len(points)) for t in np.arange(frames) / frames]
+    return np.stack(steps).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- fast path
@@ -172,6 +227,8 @@ def fast_generator(G, checkpoint):
 def main(argv=None):
     parser = build_parser(GenerateConfig, __doc__)
     cfg = parse(GenerateConfig, parser, argv)
+    if cfg.walk and cfg.seeds:
+        parser.error("--walk and --seeds write different things: give one of them")
     with refusing(parser, CheckpointError, runtime.ConfigError):
         device = runtime.select_device(cfg.device)
         G, state = load_generator(cfg.checkpoint)
@@ -194,15 +251,37 @@ def main(argv=None):
     if cfg.export:
         print(f"exported the generator to {export(G, cfg.export)}", file=sys.stderr)
     seed = cfg.seed if cfg.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
-    faces = generate(G, cfg.num, seed, forward)
     os.makedirs(cfg.out, exist_ok=True)
-    digits = max(4, len(str(cfg.num - 1)))
-    for i, face in enumerate(faces):
-        write_png(os.path.join(cfg.out, f"{i:0{digits}d}.png"), face)
+    where = f"epoch {state['epoch']} of {state['config']['epochs']}, {engine}"
+    if cfg.walk:
+        write_walk(G, cfg.walk, seed, forward, cfg.out)
+        print(f"wrote walk.gif ({cfg.walk} points, {cfg.walk * WALK_FRAMES} frames) and its frames in walk/ to "
+              f"{cfg.out} ({where}, seed {seed}: --seed {seed} writes the same walk again)", file=sys.stderr)
+        return
+    if cfg.seeds:
+        seeds = parse_seeds(cfg.seeds)
+        faces = draw(G, seed_noise(seeds, G.args["z_dim"]), forward)
+        names = [f"seed{s:04d}.png" for s in seeds]
+        told = f"seeds {cfg.seeds}"
+    else:
+        faces = generate(G, cfg.num, seed, forward)
+        names = [f"{i:0{max(4, len(str(cfg.num - 1)))}d}.png" for i in range(cfg.num)]
+        told = f"seed {seed}: --seed {seed} writes the same faces again"
+    for name, face in zip(names, faces):
+        write_png(os.path.join(cfg.out, name), face)
     write_png(os.path.join(cfg.out, "grid.png"), make_grid(faces[:GRID_MAX]), scale=grid_scale(faces.shape[1]))
-    print(f"wrote {cfg.num} faces of {faces.shape[1]}x{faces.shape[2]} and grid.png to {cfg.out} "
-          f"(epoch {state['epoch']} of {state['config']['epochs']}, {engine}, seed {seed}: "
-          f"--seed {seed} writes the same faces again)", file=sys.stderr)
+    print(f"wrote {len(faces)} faces of {faces.shape[1]}x{faces.shape[2]} and grid.png to {cfg.out} ({where}, {told})",
+          file=sys.stderr)
+
+
+def write_walk(G, points, seed, forward, folder):
+    """walk.gif and walk/0000.png ...: a closed loop through `points` random latent points of `seed`."""
+    anchors = np.random.default_rng(seed).standard_normal((points, G.args["z_dim"]))
+    frames = draw(G, walk_noise(anchors, WALK_FRAMES), forward)
+    os.makedirs(os.path.join(folder, "walk"), exist_ok=True)
+    for i, frame in enumerate(frames):
+        write_png(os.path.join(folder, "walk", f"{i:04d}.png"), frame)
+    write_gif(os.path.join(folder, "walk.gif"), frames, WALK_MS, scale=grid_scale(frames.shape[1]))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 - `Interval`: the mean of each number over the iterations since the last record, and img/s.
 - `save_figure`, `plot_curves`, `plot_monitor`: matplotlib (Agg, no display), written as PNG
   atomically.
+- `write_movie`: progress.gif, the fixed-noise sample grids as an animation (the Torch blog's
+  training video), at most MOVIE_FRAMES of them spread over the run.
 - `progress`: a tqdm bar on a terminal. When stderr is a file or a pipe (nohup, CI, a cluster
   job) a bar's carriage-return updates would fill the log, so it prints a plain line when the
   work starts and then every PLAIN_EVERY seconds instead.
@@ -24,7 +26,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from facedata import write_atomic
+from facedata import write_atomic, write_gif
 
 PLAIN_EVERY = 30.0   # seconds between plain progress lines when stderr is not a terminal
 
@@ -125,6 +127,32 @@ def plot_monitor(history, margin, path):
     bottom.legend(fontsize=8)
     bottom.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- the training movie
+
+MOVIE_FRAMES = 100   # at most this many sample grids in progress.gif, spread over the whole run
+MOVIE_MS = 200       # per frame
+
+
+def movie_frames(count, limit=MOVIE_FRAMES):
+    """Which of `count` sample grids the movie shows: all of them up to `limit`, else `limit` of them
+    spread evenly over the run, the first and the last included, so its size stays bounded."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({int(i) for i in np.linspace(0, count - 1, limit).round()})
+
+
+def write_movie(samples, path):
+    """progress.gif at `path` from the sample grids (PNGs) in the folder `samples`, in the order of their names
+    (epoch, then iteration); grids drawn at smaller stages are enlarged to the largest."""
+    import cv2
+
+    names = sorted(f for f in os.listdir(samples) if f.endswith(".png"))
+    frames = [cv2.imread(os.path.join(samples, names[i]))[..., ::-1] for i in movie_frames(len(names))]
+    side = max(f.shape[0] for f in frames)
+    frames = np.stack([cv2.resize(f, (side, side), interpolation=cv2.INTER_NEAREST) for f in frames])
+    write_gif(path, frames, MOVIE_MS)
 
 
 # ----------------------------------------------------------------------------- progress

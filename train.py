@@ -9,6 +9,8 @@ times (the tutorial's 1:2). Writes to --out:
     monitor.png                          BCE methods: the Torch blog's curves, D's errors on reals
                                          and fakes, G's, the --margin band and the skipped updates
     swd.png                              with --eval-every: SWD to the data over iterations
+    progress.gif                         the sample grids as a movie, at most 100 frames spread
+                                         over the run (the first and the latest included)
     checkpoint.pdparams                  everything needed to continue (see checkpoint.py),
                                          written atomically every --save-every iterations and
                                          at each epoch end (generator.py reads it)
@@ -53,7 +55,7 @@ from balance import BALANCES, OPTIMIZERS
 from control import Diverged, Processes, StopRequest, divergence
 from dataReader import make_loader
 from facedata import DatasetError, FaceDataset, enlarge, grid_scale, make_grid, write_png
-from logs import Interval, RunLog, plot_curves, progress
+from logs import Interval, RunLog, plot_curves, progress, write_movie
 from methods import BCEMethod
 from metrics import swd
 from options import at_least, build_parser, flag, option, parse, positive, refusing, within
@@ -392,6 +394,7 @@ class Run:
         staged = f"_{images.shape[1]}px" if self.method.stage(self.pos) is not None else ""
         name = os.path.join(self.samples, f"epoch_{self.pos.epoch:04d}_iter_{self.pos.iteration:06d}{staged}.png")
         write_png(name, make_grid(images), scale=grid_scale(images.shape[1]))
+        write_movie(self.samples, os.path.join(self.cfg.out, "progress.gif"))
 
     def measure(self):
         per_size, mean = swd(self.faces(self.eval_z), self.eval_real, seed=self.cfg.seed)

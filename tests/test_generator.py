@@ -93,3 +93,38 @@ def test_engines_agree_and_export_writes_a_deployable_model(checkpoint, tmp_path
                     "--export", str(tmp_path / "deploy" / "gen")])
     assert {"gen.pdiparams"} < set(os.listdir(tmp_path / "deploy"))
     assert {"gen.json", "gen.pdmodel"} & set(os.listdir(tmp_path / "deploy"))
+
+
+def test_seeds_give_the_faces_a_larger_run_gives_for_them(checkpoint, tmp_path):
+    generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path / "few"), "--seeds", "3,7"])
+    generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path / "many"), "--seeds", "0-9,12"])
+    assert sorted(os.listdir(tmp_path / "few")) == ["grid.png", "seed0003.png", "seed0007.png"]
+    assert len(os.listdir(tmp_path / "many")) == 12
+    for name in ("seed0003.png", "seed0007.png"):
+        assert (tmp_path / "few" / name).read_bytes() == (tmp_path / "many" / name).read_bytes()
+    assert (tmp_path / "few" / "seed0003.png").read_bytes() != (tmp_path / "few" / "seed0007.png").read_bytes()
+
+
+def test_a_walk_is_a_looping_gif_through_its_points(checkpoint, tmp_path):
+    from PIL import Image
+    generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path), "--walk", "3", "--seed", "1"])
+    frames = 3 * generator.WALK_FRAMES
+    assert len(os.listdir(tmp_path / "walk")) == frames
+    with Image.open(tmp_path / "walk.gif") as gif:
+        assert gif.n_frames == frames and gif.info["loop"] == 0  # 0: forever
+    z = np.random.default_rng(0).standard_normal((2, 100))
+    path = generator.walk_noise(z, 4)
+    np.testing.assert_allclose(path[0], z[0], rtol=1e-6)       # starts on the first point,
+    np.testing.assert_allclose(path[4], z[1], rtol=1e-6)       # passes the second,
+    assert np.abs(path[-1] - z[0]).max() < np.abs(path[-1] - z[1]).max()   # and turns back to the first
+    mid = generator.slerp(z[0], z[1], 0.5)
+    assert np.linalg.norm(mid) == pytest.approx((np.linalg.norm(z[0]) + np.linalg.norm(z[1])) / 2, rel=0.1)
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--walk", "1"], "--walk must be at least 2, got 1"),
+    (["--seeds", "5-2"], "--seeds 5-2: '5-2' is not a seed or a range"),
+    (["--walk", "3", "--seeds", "1"], "--walk and --seeds write different things"),
+])
+def test_bad_walks_and_seeds(args, phrase, tmp_path):
+    assert_user_error(run_script("generator.py", *args, cwd=tmp_path), phrase)

@@ -8,6 +8,7 @@ import paddle
 import pytest
 
 import checkpoint
+import logs
 import methods
 import network
 import train
@@ -142,7 +143,16 @@ def test_short_run_changes_weights_and_writes_every_file(lfw8, tmp_path):
     assert [r["iteration"] for r in records] == [2, 4, 6, 8]
     assert {"epoch", "images", "loss_D", "loss_G", "D_real", "D_fake", "img_per_s"} <= set(records[0])
     assert cv2.imread(str(tmp_path / "loss.png")) is not None
+    from PIL import Image
+    with Image.open(tmp_path / "progress.gif") as movie:  # the sample grids, in order, looping
+        assert movie.n_frames == 4 and movie.info["loop"] == 0
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+@pytest.mark.parametrize("count, limit, expected", [
+    (3, 100, [0, 1, 2]), (100, 100, list(range(100))), (5, 3, [0, 2, 4]), (1000, 4, [0, 333, 666, 999])])
+def test_the_movie_keeps_a_bounded_number_of_frames_spread_over_the_run(count, limit, expected):
+    assert logs.movie_frames(count, limit) == expected
 
 
 def test_same_seed_same_run(lfw8, tmp_path):
