@@ -34,7 +34,7 @@ PLAIN_EVERY = 30.0   # seconds between plain progress lines when stderr is not a
 # ----------------------------------------------------------------------------- log.jsonl
 
 class RunLog:
-    """log.jsonl of a run: records of losses (with loss_D) and of evaluations (with swd_x1e3)."""
+    """log.jsonl of a run: records of the training numbers, and of evaluations (with swd_x1e3)."""
 
     def __init__(self, path):
         self.path = path
@@ -47,7 +47,7 @@ class RunLog:
             with open(self.path) as f:
                 records = [r for r in map(json.loads, filter(str.strip, f)) if r["iteration"] <= iteration]
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in records).encode())
-        self.losses = [r for r in records if "loss_D" in r]
+        self.losses = [r for r in records if "swd_x1e3" not in r]
         self.evaluations = [r for r in records if "swd_x1e3" in r]
 
     def append(self, record):

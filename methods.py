@@ -94,6 +94,7 @@ class Method:
     sampler = "G"            # the network that samples and evaluation draw with
     order = ("D", "G")       # the networks in the order an iteration updates them
     loss_label = "loss"      # loss.png's y axis
+    headline = ("loss_D", "loss_G", "D_real", "D_fake")   # the log's numbers on the bar and the epoch's line
     DEFAULTS = {}            # values of the config's None settings that this method decides
 
     def __init__(self, cfg, arch, size, procs):

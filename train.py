@@ -334,8 +334,8 @@ class Run:
             self.interval.add(stats, real.shape[0] * procs.world)
             if procs.main and pos.iteration % cfg.log_every == 0:
                 record = self.write_record(stats)
-                bar.set_postfix(iter=pos.iteration, loss_D=f"{record['loss_D']:.3f}",
-                                loss_G=f"{record['loss_G']:.3f}", img_s=f"{record['img_per_s']:.0f}")
+                bar.set_postfix(iter=pos.iteration, **{k: f"{record[k]:.3f}" for k in self.method.headline[:2]},
+                                img_s=f"{record['img_per_s']:.0f}")
             if procs.main and pos.iteration % cfg.sample_every == 0:
                 self.save_samples()
             if procs.main and cfg.eval_every and pos.iteration % cfg.eval_every == 0:
@@ -377,8 +377,8 @@ class Run:
         pos.batch, pos.epoch_shown = 0, pos.images_seen
         if self.procs.main:
             last = self.log.losses[-1] if self.log.losses else None
-            numbers = (f"loss_D {last['loss_D']:.3f}, loss_G {last['loss_G']:.3f}, D(real) {last['D_real']:.2f}, "
-                       f"D(fake) {last['D_fake']:.2f}, {last['img_per_s']:.0f} img/s{self.method.summary(last)}"
+            numbers = ("".join(f"{k} {last[k]:.3f}, " for k in self.method.headline)
+                       + f"{last['img_per_s']:.0f} img/s{self.method.summary(last)}"
                        if last else f"no log record yet (one every {cfg.log_every} iterations)")
             print(f"epoch {pos.epoch}/{cfg.epochs}: iteration {pos.iteration}, {numbers}", file=sys.stderr)
 
