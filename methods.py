@@ -319,3 +319,55 @@ class BCEMethod(Method):
     def plots(self, history, folder):
         super().plots(history, folder)
         plot_monitor(history, self.cfg.margin, os.path.join(folder, "monitor.png"))
+
+
+# ----------------------------------------------------------------------------- VAE
+
+def kl_divergence(mean, logvar):
+    """KL(N(mean, exp(logvar)) || N(0, I)) per image, summed over z: -1/2 sum(1 + logvar - mean^2 - exp(logvar))."""
+    return -0.5 * (1 + logvar - mean * mean - paddle.exp(logvar)).sum(axis=1)
+
+
+def reconstruction_error(x, y):
+    """Squared pixel error per image, halved: the negative log-likelihood of x under N(y, I), up to a constant."""
+    return 0.5 * ((x - y) ** 2).reshape([x.shape[0], -1]).sum(axis=1)
+
+
+class VAEMethod(Method):
+    """A variational autoencoder (the Torch blog's "going further", after y0ast's VAE-Torch): encoder E gives
+    the mean and log-variance of z, the decoder G draws x from z = mean + exp(logvar / 2) eps; the loss per
+    image is KL(q(z|x) || N(0, I)) + the pixel-wise reconstruction error, averaged over the batch, one Adam
+    step of both networks per iteration. Faces come from z ~ N(0, I) through G."""
+    order = ("E", "G")
+    loss_label = "per-image loss"
+    headline = ("loss_E", "kl", "reconstruction")
+    DEFAULTS = dict(z_dim=100, lr=1e-3, beta1=0.9, beta2=0.999)
+
+    def __init__(self, cfg, arch, size, procs):
+        super().__init__(cfg, arch, size, procs)
+        self.opts = {name: make_optimizer("adam", cfg.lr, cfg.beta1, cfg.beta2, self.nets[name].parameters())
+                     for name in ("E", "G")}
+
+    def start(self, pos, device):
+        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world, plain=True)
+        self.E_run, self.G_run = self.procs.wrap(self.nets["E"]), self.procs.wrap(self.nets["G"])
+
+    def step(self, real, pos):
+        mean, logvar = self.E_run(real)
+        z = mean + paddle.exp(0.5 * logvar) * paddle.randn(mean.shape)
+        kl = kl_divergence(mean, logvar).mean()
+        rec = reconstruction_error(real, self.G_run(z)).mean()
+        loss = kl + rec
+        for opt in self.opts.values():
+            opt.clear_grad()
+        loss.backward()
+        for opt in self.opts.values():
+            if self.procs.reduce:
+                self.procs.reduce(opt)
+            opt.step()
+        stats = {"loss_E": float(loss), "loss_G": float(rec), "kl": float(kl), "reconstruction": float(rec)}
+        return stats, weight_checks(self.nets)
+
+    def plots(self, history, folder):
+        plot_curves(history, {"kl": "KL to N(0, I)", "reconstruction": "reconstruction error"}, self.loss_label,
+                    os.path.join(folder, "loss.png"))

@@ -114,20 +114,26 @@ class DCGANGenerator(nn.Layer):
         return self.main(z.reshape([-1, self.args["z_dim"], 1, 1]))
 
 
+def down_blocks(size, width):
+    """DCGAN's D body: strided conv blocks with LeakyReLU 0.2, no BN on the first, size x size RGB -> ch[4] x 4 x 4."""
+    ch = dcgan_channels(size, width)
+    res = size // 2
+    blocks = [ConvBlock(3, ch[res], norm=False)]                          # -> [N, w, size/2, size/2]
+    while res > 4:
+        blocks.append(ConvBlock(ch[res], ch[res // 2]))                   # -> [N, ch, res/2, res/2]
+        res //= 2
+    return blocks
+
+
 class DCGANDiscriminator(nn.Layer):
-    """size x size RGB -> one logit: strided conv blocks with LeakyReLU 0.2, no BN on the first."""
+    """size x size RGB -> one logit: down_blocks, then a 4x4 convolution."""
 
     def __init__(self, size=64, z_dim=100, width=64):
         super().__init__()
         self.args = dict(size=size, z_dim=z_dim, width=width)
-        ch = dcgan_channels(size, width)
-        res = size // 2
-        blocks = [ConvBlock(3, ch[res], norm=False)]                      # -> [N, w, size/2, size/2]
-        while res > 4:
-            blocks.append(ConvBlock(ch[res], ch[res // 2]))               # -> [N, ch, res/2, res/2]
-            res //= 2
-        blocks.append(nn.Conv2D(ch[4], 1, 4, stride=1, padding=0, bias_attr=False))  # -> [N, 1, 1, 1]
-        self.main = nn.Sequential(*blocks)
+        last = dcgan_channels(size, width)[4]
+        self.main = nn.Sequential(*down_blocks(size, width),
+                                  nn.Conv2D(last, 1, 4, stride=1, padding=0, bias_attr=False))  # -> [N, 1, 1, 1]
         self.apply(dcgan_init)
 
     def forward(self, x):
@@ -366,6 +372,26 @@ class PGGANDiscriminator(nn.Layer):
         return self.out(x).reshape([-1])                            # -> [N] scores (WGAN: not logits)
 
 
+# ----------------------------------------------------------------------------- the Torch blog's VAE
+
+class ConvEncoder(nn.Layer):
+    """x -> the mean and log-variance of z: DCGAN's D body (strided conv blocks down to 4x4), then a dense layer.
+
+    `forward` returns (mean, log-variance), each N x z_dim. The VAE's decoder is a DCGAN generator.
+    """
+
+    def __init__(self, size=64, z_dim=100, width=64):
+        super().__init__()
+        self.args = dict(size=size, z_dim=z_dim, width=width)
+        self.main = nn.Sequential(*down_blocks(size, width))                             # -> [N, ch[4], 4, 4]
+        self.head = nn.Linear(dcgan_channels(size, width)[4] * 16, 2 * z_dim)          # -> [N, 2 z]: mean, logvar
+        self.apply(dcgan_init)
+
+    def forward(self, x):
+        out = self.head(self.main(x).reshape([x.shape[0], -1]))
+        return out[:, :self.args["z_dim"]], out[:, self.args["z_dim"]:]
+
+
 # ----------------------------------------------------------------------------- "Make Your Own GAN", part IV
 
 # The series' LeakyReLU slope in its MLP networks: 0.02 (its notebooks' nn.LeakyReLU(0.02)).
@@ -474,6 +500,8 @@ ARCHITECTURES = {
                               "bce"),
     "pggan": Architecture({"G": PGGANGenerator, "D": PGGANDiscriminator}, ("size", "z_dim", "fmap_base", "fmap_max"),
                           "progressive", size_problem=lambda size: power_of_two_size(size, smallest=4)),
+    # the Torch blog's "going further": a VAE whose decoder is the DCGAN generator
+    "vae": Architecture({"E": ConvEncoder, "G": DCGANGenerator}, ("size", "z_dim", "width"), "vae"),
     # "Make Your Own GAN", part IV: Adam lr 1e-4 with PyTorch's betas, one D and one G update per step
     "mlp": Architecture({"G": MLPGenerator, "D": MLPDiscriminator}, ("size", "z_dim"), "bce",
                         size_problem=lambda size: None if size >= 1 else f"size must be positive, got {size}",

@@ -56,14 +56,15 @@ from control import Diverged, Processes, StopRequest, divergence
 from dataReader import make_loader
 from facedata import DatasetError, FaceDataset, enlarge, grid_scale, make_grid, write_png
 from logs import Interval, RunLog, plot_curves, progress, write_movie
-from methods import BCEMethod
+from methods import BCEMethod, VAEMethod
 from metrics import swd
 from options import at_least, build_parser, flag, option, parse, positive, refusing, within
 from runtime import ConfigError
 
 SAMPLE_COUNT = 64  # fixed-noise faces per sample grid
 EVAL_COUNT = 1000  # images per set for --eval-every's SWD (at most half the dataset)
-METHODS = {"bce": BCEMethod, "progressive": progressive.ProgressiveMethod}   # network.Architecture.method
+METHODS = {"bce": BCEMethod, "progressive": progressive.ProgressiveMethod,   # network.Architecture.method
+           "vae": VAEMethod}
 
 # ----------------------------------------------------------------------------- options
 
@@ -96,8 +97,8 @@ def writable(v):
 
 def setting(default, help, check=None, choices=None, applies=None, trajectory=False):
     """A TrainConfig field (options.option) that also says where it applies (None: everywhere; "arch": to
-    architectures that take it as an argument; else the name of a training method) and whether it shapes
-    the run (a resumed run keeps the checkpoint's value)."""
+    architectures that take it as an argument; else the training methods that use it, a name or a tuple)
+    and whether it shapes the run (a resumed run keeps the checkpoint's value)."""
     return option(default, help, check, choices, applies=applies, trajectory=trajectory)
 
 
@@ -111,7 +112,7 @@ class TrainConfig:
                         "blocks)", power_of_two, trajectory=True)
     epochs: int = setting(8, "passes of --epoch-images images (the tutorial trains 8)", at_least(1))
     batch_size: int = setting(None, "images per batch and process; on the built-in faces the default is a global "
-                              "batch, split among processes", at_least(1), applies="bce", trajectory=True)
+                              "batch, split among processes", at_least(1), applies=("bce", "vae"), trajectory=True)
     epoch_images: int = setting(None, "images per epoch", at_least(1), trajectory=True)
     width: int = setting(None, "channels next to the image in G and D, ngf = ndf", at_least(1), applies="arch",
                          trajectory=True)
@@ -177,7 +178,9 @@ TUTORIAL_DEFAULTS = dict(batch_size=128, epoch_images=None, width=64, flip=False
 def applies(name, arch):
     """Whether setting `name` means anything for architecture `arch` (a network.Architecture)."""
     where = FIELDS[name].metadata["applies"]
-    return where is None or (name in arch.args if where == "arch" else where == arch.method)
+    if where == "arch":
+        return name in arch.args
+    return where is None or arch.method in ((where,) if isinstance(where, str) else where)
 
 
 def check_settings(cfg, explicit):
