@@ -16,6 +16,7 @@ Examples:
     python generator.py --export deploy/generator        # the deployable model, for paddle.inference
     python generator.py --seeds 1,5,9                    # exactly these seeds' faces: seed0001.png ...
     python generator.py --walk 8 --seed 3                # walk.gif: a loop through 8 latent points
+    python generator.py --checkpoint runs/vae/checkpoint.pdparams --reconstruct 16  # beside their reconstructions
 """
 import json
 import os
@@ -29,7 +30,8 @@ import paddle
 import checkpoint
 import network
 from checkpoint import READABLE, CheckpointError
-from facedata import enlarge, grid_scale, make_grid, to_uint8, write_gif, write_json, write_png
+from facedata import (DatasetError, FaceDataset, enlarge, grid_scale, make_grid, to_float, to_uint8, write_gif,
+                      write_json, write_png)
 from logs import progress
 from network import sample
 from options import at_least, build_parser, option, parse, refusing
@@ -61,6 +63,9 @@ class GenerateConfig:
                         "a face depends on its seed alone", seeds_problem)
     walk: int = option(None, "write walk.gif and its frames (walk/): a looping walk through this many random latent "
                        "points (from --seed), by spherical interpolation, back to the first", at_least(2))
+    reconstruct: int = option(None, "architectures with an encoder (vae): write reconstruct.png, this many real "
+                              "faces of --data (drawn with --seed) each beside its reconstruction", at_least(1))
+    data: str = option("data", "dataset folder written by pretreat.py, for --reconstruct")
 
 
 EXPORT_DIR = "generator_export"   # beside the checkpoint
@@ -89,6 +94,24 @@ def load_generator(path):
         G.set_stage(**stage)
     G.eval()
     return G, state
+
+
+def load_encoder(path, state):
+    """The checkpoint's encoder ("E"), in inference mode; CheckpointError for an architecture without one."""
+    if "E" not in network.architecture(state["arch"]).networks:
+        raise CheckpointError(f"{path} holds a {state['arch']} network, which has no encoder to reconstruct with: "
+                              "--reconstruct needs an autoencoder (--arch vae)")
+    E = network.build_net(state["arch"], "E", state["arch_args"])
+    E.set_state_dict(state["E"])
+    E.eval()
+    return E
+
+
+def reconstruct(E, G, faces):
+    """uint8 N x H x W x 3 reconstructions of uint8 faces: decoded from the mean of their encoding."""
+    with paddle.no_grad():
+        mean, _ = E(paddle.to_tensor(to_float(faces)))
+    return sample(G, mean.numpy())
 
 
 def untrained_like(G, state, seed):
@@ -227,11 +250,14 @@ def fast_generator(G, checkpoint):
 def main(argv=None):
     parser = build_parser(GenerateConfig, __doc__)
     cfg = parse(GenerateConfig, parser, argv)
-    if cfg.walk and cfg.seeds:
-        parser.error("--walk and --seeds write different things: give one of them")
-    with refusing(parser, CheckpointError, runtime.ConfigError):
+    if sum(v is not None for v in (cfg.walk, cfg.seeds, cfg.reconstruct)) > 1:
+        parser.error("--walk, --seeds and --reconstruct write different things: give one of them")
+    with refusing(parser, CheckpointError, runtime.ConfigError, DatasetError):
         device = runtime.select_device(cfg.device)
         G, state = load_generator(cfg.checkpoint)
+        if cfg.reconstruct:
+            E = load_encoder(cfg.checkpoint, state)
+            dataset = FaceDataset(cfg.data, size=G.args["size"])
     inference = network.architecture(state["arch"]).inference
     if cfg.engine == "inference" and device != "cpu":
         parser.exit(2, f"{parser.prog}: error: --engine inference runs on the CPU; add --device cpu\n")
@@ -253,6 +279,17 @@ def main(argv=None):
     seed = cfg.seed if cfg.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
     os.makedirs(cfg.out, exist_ok=True)
     where = f"epoch {state['epoch']} of {state['config']['epochs']}, {engine}"
+    if cfg.reconstruct:
+        picked = np.sort(np.random.default_rng(seed).choice(len(dataset), min(cfg.reconstruct, len(dataset)),
+                                                            replace=False))
+        real = dataset.get_uint8(picked)
+        pairs = np.stack([real, reconstruct(E, G, real)], axis=1).reshape(-1, *real.shape[1:])
+        per_row = int(np.ceil(np.sqrt(len(real))))
+        write_png(os.path.join(cfg.out, "reconstruct.png"), make_grid(pairs, ncols=2 * per_row),
+                  scale=grid_scale(real.shape[1]))
+        print(f"wrote reconstruct.png to {cfg.out}: {len(real)} faces of {cfg.data} (seed {seed}), each beside its "
+              f"reconstruction ({where})", file=sys.stderr)
+        return
     if cfg.walk:
         write_walk(G, cfg.walk, seed, forward, cfg.out)
         print(f"wrote walk.gif ({cfg.walk} points, {cfg.walk * WALK_FRAMES} frames) and its frames in walk/ to "

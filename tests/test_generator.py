@@ -124,7 +124,8 @@ def test_a_walk_is_a_looping_gif_through_its_points(checkpoint, tmp_path):
 @pytest.mark.parametrize("args, phrase", [
     (["--walk", "1"], "--walk must be at least 2, got 1"),
     (["--seeds", "5-2"], "--seeds 5-2: '5-2' is not a seed or a range"),
-    (["--walk", "3", "--seeds", "1"], "--walk and --seeds write different things"),
+    (["--walk", "3", "--seeds", "1"], "--walk, --seeds and --reconstruct write different things"),
+    (["--reconstruct", "0"], "--reconstruct must be at least 1"),
 ])
 def test_bad_walks_and_seeds(args, phrase, tmp_path):
     assert_user_error(run_script("generator.py", *args, cwd=tmp_path), phrase)
