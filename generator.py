@@ -280,14 +280,8 @@ def main(argv=None):
     os.makedirs(cfg.out, exist_ok=True)
     where = f"epoch {state['epoch']} of {state['config']['epochs']}, {engine}"
     if cfg.reconstruct:
-        picked = np.sort(np.random.default_rng(seed).choice(len(dataset), min(cfg.reconstruct, len(dataset)),
-                                                            replace=False))
-        real = dataset.get_uint8(picked)
-        pairs = np.stack([real, reconstruct(E, G, real)], axis=1).reshape(-1, *real.shape[1:])
-        per_row = int(np.ceil(np.sqrt(len(real))))
-        write_png(os.path.join(cfg.out, "reconstruct.png"), make_grid(pairs, ncols=2 * per_row),
-                  scale=grid_scale(real.shape[1]))
-        print(f"wrote reconstruct.png to {cfg.out}: {len(real)} faces of {cfg.data} (seed {seed}), each beside its "
+        count = write_reconstructions(E, G, dataset, cfg.reconstruct, seed, cfg.out)
+        print(f"wrote reconstruct.png to {cfg.out}: {count} faces of {cfg.data} (seed {seed}), each beside its "
               f"reconstruction ({where})", file=sys.stderr)
         return
     if cfg.walk:
@@ -309,6 +303,18 @@ def main(argv=None):
     write_png(os.path.join(cfg.out, "grid.png"), make_grid(faces[:GRID_MAX]), scale=grid_scale(faces.shape[1]))
     print(f"wrote {len(faces)} faces of {faces.shape[1]}x{faces.shape[2]} and grid.png to {cfg.out} ({where}, {told})",
           file=sys.stderr)
+
+
+def write_reconstructions(E, G, dataset, count, seed, folder):
+    """reconstruct.png: `count` faces of `dataset` drawn with `seed`, each beside its reconstruction; returns
+    how many (at most the dataset's size)."""
+    picked = np.sort(np.random.default_rng(seed).choice(len(dataset), min(count, len(dataset)), replace=False))
+    real = dataset.get_uint8(picked)
+    pairs = np.stack([real, reconstruct(E, G, real)], axis=1).reshape(-1, *real.shape[1:])   # real, its copy, ...
+    per_row = int(np.ceil(np.sqrt(len(real))))
+    write_png(os.path.join(folder, "reconstruct.png"), make_grid(pairs, ncols=2 * per_row),
+              scale=grid_scale(real.shape[1]))
+    return len(real)
 
 
 def write_walk(G, points, seed, forward, folder):

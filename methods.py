@@ -56,15 +56,21 @@ def frozen(net):
 
 
 def update(opt, loss, reduce=None, step=None):
-    """Backward `loss`, average the gradients over processes (`reduce`), then `step(opt)` (default: opt.step())."""
-    opt.clear_grad()
+    """Backward `loss`, average the gradients over processes (`reduce`), then `step(opt)` (default: opt.step()).
+
+    `opt` may also be a list of optimizers that the one loss updates together.
+    """
+    opts = opt if isinstance(opt, list) else [opt]
+    for o in opts:
+        o.clear_grad()
     loss.backward()
-    if reduce:
-        reduce(opt)
-    if step:
-        step(opt)
-    else:
-        opt.step()
+    for o in opts:
+        if reduce:
+            reduce(o)
+        if step:
+            step(o)
+        else:
+            o.step()
 
 
 def choose_step(name, device, arch, processes, plain):
@@ -358,13 +364,7 @@ class VAEMethod(Method):
         kl = kl_divergence(mean, logvar).mean()
         rec = reconstruction_error(real, self.G_run(z)).mean()
         loss = kl + rec
-        for opt in self.opts.values():
-            opt.clear_grad()
-        loss.backward()
-        for opt in self.opts.values():
-            if self.procs.reduce:
-                self.procs.reduce(opt)
-            opt.step()
+        update(list(self.opts.values()), loss, self.procs.reduce)
         stats = {"loss_E": float(loss), "loss_G": float(rec), "kl": float(kl), "reconstruction": float(rec)}
         return stats, weight_checks(self.nets)
 
