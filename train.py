@@ -68,14 +68,6 @@ METHODS = {"bce": BCEMethod, "progressive": progressive.ProgressiveMethod,   # n
 
 # ----------------------------------------------------------------------------- options
 
-def power_of_two(v):
-    try:
-        network.check_size(v)
-    except ValueError:
-        return f"must be a power of two >= 8, got {v}"
-    return None
-
-
 def batch_table(v):
     try:
         progressive.parse_batch_sizes(v)
@@ -108,8 +100,9 @@ class TrainConfig:
     out: str = setting("output", "folder for samples, loss.png, log.jsonl and checkpoint.pdparams", writable)
     arch: str = setting("dcgan", "network family (network.ARCHITECTURES)",
                         choices=lambda: sorted(network.ARCHITECTURES), trajectory=True)
-    size: int = setting(None, "image side, a power of two (default: the dataset's; smaller sizes average pixel "
-                        "blocks)", power_of_two, trajectory=True)
+    size: int = setting(None, "image side (default: the dataset's; smaller sizes average pixel "
+                        "blocks; which sizes an architecture takes is its registry entry's)", at_least(1),
+                        trajectory=True)
     epochs: int = setting(8, "passes of --epoch-images images (the tutorial trains 8)", at_least(1))
     batch_size: int = setting(None, "images per batch and process; on the built-in faces the default is a global "
                               "batch, split among processes", at_least(1), applies=("bce", "vae"), trajectory=True)
@@ -504,6 +497,9 @@ def parse_args(argv=None):
     parser = build_parser(TrainConfig, __doc__, help_text,
                           allow_abbrev=False)  # exact flags: a resumed run must know which were given
     cfg = parse(TrainConfig, parser, argv)
+    problem = cfg.size and network.architecture(cfg.arch).size_problem(cfg.size)
+    if problem:
+        parser.error(f"--size {cfg.size} does not fit --arch {cfg.arch}: {problem}")
     given = sys.argv[1:] if argv is None else [str(a) for a in argv]
     explicit = {a.dest for a in parser._actions for opt in a.option_strings
                 for g in given if g == opt or g.startswith(opt + "=")}

@@ -82,3 +82,11 @@ def test_conv128_trains_at_128_and_refuses_other_sizes(lfw8, tmp_path):
     result = run_script("train.py", "--arch", "conv128", "--data", lfw8, "--out", tmp_path / "small", cwd=tmp_path)
     assert_user_error(result, "--arch conv128 cannot train on the 8x8 images", "fit 128x128 images only")
     assert not (tmp_path / "small").exists()
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--size", "48"], "--size 48 does not fit --arch dcgan: size must be a power of two >= 8"),
+    (["--arch", "conv128", "--size", "64"], "--size 64 does not fit --arch conv128: its layers fit 128x128"),
+])
+def test_size_is_checked_against_the_architecture_at_parse_time(args, phrase, tmp_path):
+    assert_user_error(run_script("train.py", *args, cwd=tmp_path), phrase)
