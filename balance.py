@@ -6,6 +6,10 @@ Pure rules, each a small function with table tests (tests/test_balance.py):
   err_R = BCE(D(real), 1) and err_F = BCE(D(fake), 0): D's update is skipped when it is
   already too good (err_R or err_F below the margin), G's when D is too bad (err_R or
   err_F above 1 - margin); when both would be skipped, both update.
+- `equilibrium_rule`: the rule of Larsen et al.'s VAE/GAN code (andersbll/autoencoding_beyond_pixels,
+  model/aegan.py, GradientDescent.train_epoch): D's update is skipped while err_R or err_F is below
+  equilibrium - margin (0.68 - 0.35), G's while either is above equilibrium + margin; when both
+  would be skipped, both update. 0.68 is about ln 2 = 0.693, the BCE of a D that cannot tell.
 - `l2_step`: the blog's adaptive weight decay on D: its coefficient rises by 1e-5 while
   G's loss is above 1.3 (D winning), falls by 1e-5 below 0.9, never below 0.
 - `rmsprop_lr`: the blog's RMSProp warm-up: lr / 50 for the first 10 updates, lr / 5 until 30.
@@ -25,7 +29,9 @@ from dataclasses import asdict, dataclass
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle
 
-BALANCES = ("none", "margin", "l2")
+BALANCES = ("none", "margin", "equilibrium", "l2")
+EQUILIBRIUM = 0.68                            # the VAE/GAN code's equilibrium BCE
+MARGINS = {"margin": 0.3, "equilibrium": 0.35}   # the blog's margin; the VAE/GAN code's gan_margin
 OPTIMIZERS = ("adam", "rmsprop")
 L2_STEP, L2_UP, L2_DOWN = 1e-5, 1.3, 0.9      # the blog's adaptive weight decay
 WARMUP = ((10, 50.0), (30, 5.0))              # (until this many updates, divide lr by)
@@ -35,6 +41,15 @@ def margin_rule(err_real, err_fake, margin):
     """(update D, update G) by the blog's rule for one batch's D errors."""
     update_d = not (err_fake < margin or err_real < margin)          # D already wins: let G catch up
     update_g = not (err_fake > 1 - margin or err_real > 1 - margin)  # D is lost: G learns nothing from it
+    if not update_d and not update_g:
+        return True, True
+    return update_d, update_g
+
+
+def equilibrium_rule(err_real, err_fake, margin, equilibrium=EQUILIBRIUM):
+    """(update D, update G) by the VAE/GAN code's rule for one batch's D errors."""
+    update_d = not (err_real < equilibrium - margin or err_fake < equilibrium - margin)   # D wins by too much
+    update_g = not (err_real > equilibrium + margin or err_fake > equilibrium + margin)   # D loses by too much
     if not update_d and not update_g:
         return True, True
     return update_d, update_g
@@ -76,8 +91,8 @@ def label_targets(like, label, jitter=0.0, flip=0.0):
 @dataclass
 class Tricks:
     """Balancing options and their running state; Tricks() is the plain GAN."""
-    balance: str = "none"        # none, margin or l2
-    margin: float = 0.3          # the skip rule's margin
+    balance: str = "none"        # none, margin, equilibrium or l2
+    margin: float = 0.3          # the skip rule's margin (0.35 is equilibrium's)
     optimizer: str = "adam"      # adam or rmsprop (with the blog's warm-up)
     lr: float = 2e-4             # base learning rate (for the RMSProp warm-up)
     real_label: float = 1.0      # target for real images in D's loss (0.9: soft labels)
@@ -108,10 +123,22 @@ class Tricks:
 
     def decide(self, err_real, err_fake):
         """(update D, update G) for this iteration, counting skips."""
-        update_d, update_g = margin_rule(err_real, err_fake, self.margin) if self.balance == "margin" else (True, True)
+        rule = {"margin": margin_rule, "equilibrium": equilibrium_rule}.get(self.balance)
+        update_d, update_g = rule(err_real, err_fake, self.margin) if rule else (True, True)
         self.d_skips += not update_d
         self.g_skips += not update_g
         return update_d, update_g
+
+    @property
+    def skipping(self):
+        """Whether a rule may skip updates (then every process must decide on the same errors)."""
+        return self.balance in ("margin", "equilibrium")
+
+    def band(self):
+        """(low, high): the D errors between which the rule skips nothing, for the monitor plot."""
+        if self.balance == "equilibrium":
+            return EQUILIBRIUM - self.margin, EQUILIBRIUM + self.margin
+        return self.margin, 1 - self.margin
 
     def penalty(self, D):
         """coefL2 * ||theta_D||^2 / 2 for D's loss, or None."""

@@ -119,6 +119,14 @@ class Processes:
                     self.dist.all_reduce(p.grad)
                     p.grad.scale_(1.0 / self.world)
 
+    def mean(self, values):
+        """The means over the processes of the floats `values` (every process gets the same list)."""
+        if self.world == 1:
+            return list(values)
+        t = paddle.to_tensor([float(v) for v in values])
+        self.dist.all_reduce(t)
+        return [float(v) / self.world for v in t.numpy()]
+
     def any(self, *flags):
         """For each flag, whether any process raised it (every process gets the same answer)."""
         if self.world == 1:

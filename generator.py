@@ -100,7 +100,8 @@ def load_encoder(path, state):
     """The checkpoint's encoder ("E"), in inference mode; CheckpointError for an architecture without one."""
     if "E" not in network.architecture(state["arch"]).networks:
         raise CheckpointError(f"{path} holds a {state['arch']} network, which has no encoder to reconstruct with: "
-                              "--reconstruct needs an autoencoder (--arch vae)")
+                              "--reconstruct needs an autoencoder (--arch "
+                              f"{' or '.join(a for a, e in network.ARCHITECTURES.items() if 'E' in e.networks)})")
     E = network.build_net(state["arch"], "E", state["arch_args"])
     E.set_state_dict(state["E"])
     E.eval()

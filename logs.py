@@ -104,19 +104,20 @@ def plot_curves(history, keys, ylabel, path):
     save_figure(fig, path)
 
 
-def plot_monitor(history, margin, path):
-    """The Torch blog's monitor: D's errors on reals and fakes and G's, with the margin band, and the skips."""
+def plot_monitor(history, band, path, gen="gen: BCE(D(G(z)), real), low when G fools D"):
+    """The Torch blog's monitor: D's errors on reals and fakes and G's loss (`gen` labels it), the band (low, high)
+    of D errors in which the balancing rule skips nothing, and the skipped updates."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 6), dpi=100)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     its = [r["iteration"] for r in history]
     marker = "o" if len(history) < 30 else None
-    for key, label in (("loss_G", "gen: BCE(D(G(z)), real), low when G fools D"),
+    for key, label in ((("loss_G", gen),) if gen else ()) + (
                        ("err_F", "fake: BCE(D(G(z)), fake), low when D spots fakes"),
                        ("err_R", "real: BCE(D(x), real), low when D knows reals")):
         top.plot(its, [r.get(key, np.nan) for r in history], label=label, marker=marker)
-    top.axhspan(margin, 1 - margin, color="0.85", label=f"margin band ({margin:g}, {1 - margin:g})")
+    top.axhspan(*band, color="0.85", label=f"band of no skips ({band[0]:g}, {band[1]:g})")
     top.set_ylabel("BCE")
     top.legend(fontsize=8)
     top.grid(alpha=0.3)

@@ -139,6 +139,18 @@ class DCGANDiscriminator(nn.Layer):
     def forward(self, x):
         return self.main(x).flatten()                                     # -> [N] logits
 
+    def features(self, x):
+        """The output of the body's last convolution, before its BatchNorm: the VAE/GAN's learned similarity.
+
+        Larsen et al.'s code measures reconstructions on a middle layer of D before its normalisation:
+        its D's 3rd convolution at 32 px, the 4th at 64 px (recon_depth 6 and 9). Counted in this D that
+        is its body's last, N x 4*width x 4 x 4 at 32 px (N x 8*width x 4 x 4 at 64).
+        """
+        *before, last = list(self.main)[:-1]
+        for block in before:
+            x = block(x)
+        return last.conv(x)
+
 
 # ----------------------------------------------------------------------------- the Torch blog's GAN
 
@@ -502,6 +514,10 @@ ARCHITECTURES = {
                           "progressive", size_problem=lambda size: power_of_two_size(size, smallest=4)),
     # the Torch blog's "going further": a VAE whose decoder is the DCGAN generator
     "vae": Architecture({"E": ConvEncoder, "G": DCGANGenerator}, ("size", "z_dim", "width"), "vae"),
+    # its VAE/GAN (Larsen et al. 2016): the same encoder and decoder, and the DCGAN D, whose features
+    # measure the reconstructions
+    "vaegan": Architecture({"E": ConvEncoder, "G": DCGANGenerator, "D": DCGANDiscriminator}, ("size", "z_dim", "width"),
+                           "vaegan"),
     # "Make Your Own GAN", part IV: Adam lr 1e-4 with PyTorch's betas, one D and one G update per step
     "mlp": Architecture({"G": MLPGenerator, "D": MLPDiscriminator}, ("size", "z_dim"), "bce",
                         size_problem=lambda size: None if size >= 1 else f"size must be positive, got {size}",

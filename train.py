@@ -56,7 +56,7 @@ from control import Diverged, Processes, StopRequest, divergence
 from dataReader import make_loader
 from facedata import DatasetError, FaceDataset, enlarge, grid_scale, make_grid, write_png
 from logs import Interval, RunLog, plot_curves, progress, write_movie
-from methods import BCEMethod, VAEMethod
+from methods import BCEMethod, VAEGANMethod, VAEMethod
 from metrics import swd
 from options import at_least, build_parser, flag, option, parse, positive, refusing, within
 from runtime import ConfigError
@@ -64,7 +64,7 @@ from runtime import ConfigError
 SAMPLE_COUNT = 64  # fixed-noise faces per sample grid
 EVAL_COUNT = 1000  # images per set for --eval-every's SWD (at most half the dataset)
 METHODS = {"bce": BCEMethod, "progressive": progressive.ProgressiveMethod,   # network.Architecture.method
-           "vae": VAEMethod}
+           "vae": VAEMethod, "vaegan": VAEGANMethod}
 
 # ----------------------------------------------------------------------------- options
 
@@ -105,7 +105,8 @@ class TrainConfig:
                         trajectory=True)
     epochs: int = setting(8, "passes of --epoch-images images (the tutorial trains 8)", at_least(1))
     batch_size: int = setting(None, "images per batch and process; on the built-in faces the default is a global "
-                              "batch, split among processes", at_least(1), applies=("bce", "vae"), trajectory=True)
+                              "batch, split among processes", at_least(1), applies=("bce", "vae", "vaegan"),
+                              trajectory=True)
     epoch_images: int = setting(None, "images per epoch", at_least(1), trajectory=True)
     width: int = setting(None, "channels next to the image in G and D, ngf = ndf", at_least(1), applies="arch",
                          trajectory=True)
@@ -136,20 +137,26 @@ class TrainConfig:
                         "newest first", at_least(0))
     resume: str = setting("auto", "auto: continue the run in --out if it has a checkpoint; never: start over "
                           "(overwriting it); or the path of a checkpoint to continue from", resumable)
-    optimizer: str = setting("adam", "adam: the tutorial's; rmsprop: the Torch blog's (decay 0.9), warming up at "
-                             "lr/50 for 10 updates and lr/5 until 30", choices=OPTIMIZERS, applies="bce",
-                             trajectory=True)
-    balance: str = setting("none", "margin: skip D's update while it wins by a margin and G's while D is lost (the "
-                           "Torch blog); l2: weight decay on D that grows while G's loss is high; none: the tutorial's",
-                           choices=BALANCES, applies="bce", trajectory=True)
-    margin: float = setting(0.3, "the margin of --balance margin: D skips below it, G above 1 - margin",
-                            within(0, 0.5, "(]"), applies="bce", trajectory=True)
+    optimizer: str = setting(None, "adam: the tutorial's; rmsprop: the Torch blog's and the VAE/GAN code's (decay "
+                             "0.9), for the blog's GANs warming up at lr/50 for 10 updates and lr/5 until 30",
+                             choices=OPTIMIZERS, applies=("bce", "vaegan"), trajectory=True)
+    balance: str = setting(None, "margin: skip D's update while it wins by a margin and G's while D is lost (the "
+                           "Torch blog); equilibrium: the VAE/GAN code's rule, D's errors kept within 0.68 +- the "
+                           "margin; l2: weight decay on D that grows while G's loss is high (GANs only); none: the "
+                           "tutorial's", choices=BALANCES, applies=("bce", "vaegan"), trajectory=True)
+    margin: float = setting(None, "the margin of --balance margin (D skips below it, G above 1 - margin) or of "
+                            "equilibrium (D skips below 0.68 - margin, G above 0.68 + margin)",
+                            within(0, 0.5, "(]"), applies=("bce", "vaegan"), trajectory=True)
     real_label: float = setting(1.0, "D's target for real images; 0.9 (soft labels) keeps D from getting "
                                 "overconfident", within(0.5, 1.0, "(]"), applies="bce", trajectory=True)
     label_jitter: float = setting(0.0, "uniform noise of +- this on D's targets, so they are never exact",
                                   within(0, 0.5, "[)"), applies="bce", trajectory=True)
     flip_labels: float = setting(0.0, "probability of swapping a real and a fake target in D's loss, a noisy "
                                  "teacher that slows D down", within(0, 0.5, "[)"), applies="bce", trajectory=True)
+    gamma: float = setting(None, "weight of the reconstruction error on D's features in the decoder's loss, "
+                           "gamma L_llike - L_GAN (Larsen et al.'s gamma)", positive, applies="vaegan", trajectory=True)
+    d_reconstructions: bool = setting(False, "D also classifies reconstructions as fakes, as the paper's "
+                                      "Algorithm 1", applies="vaegan", trajectory=True)
     phase_kimg: float = setting(None, "thousands of images each new resolution fades in for, and as many it then "
                                 "stabilises for", positive, applies="progressive", trajectory=True)
     batch_sizes: str = setting(None, "RES:BATCH per resolution and process, smaller batches where images are "
@@ -256,7 +263,8 @@ def resume_config(cfg, state, explicit, path):
     if old["arch"] not in network.ARCHITECTURES:
         raise ConfigError(f"{path} holds a {old['arch']!r} network, which this version cannot build: "
                           "use another --out, or --resume never to start over here")
-    return replace(cfg, **{name: old[name] for name in shaping})
+    arch = network.architecture(old["arch"])   # older checkpoints stored settings that do not apply: not kept
+    return replace(cfg, **{name: old[name] if applies(name, arch) else FIELDS[name].default for name in shaping})
 
 
 @dataclass

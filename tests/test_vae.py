@@ -92,5 +92,5 @@ def test_reconstruct_writes_faces_beside_their_reconstructions_and_needs_an_enco
                                         epoch_images=16, width=8, device="cpu"))
     result = run_script("generator.py", "--checkpoint", gan, "--reconstruct", 4, "--data", lfw8,
                         "--out", tmp_path / "no", cwd=tmp_path)
-    assert_user_error(result, "has no encoder to reconstruct with")
+    assert_user_error(result, "has no encoder to reconstruct with", "needs an autoencoder (--arch vae or vaegan)")
     assert not (tmp_path / "no").exists()
