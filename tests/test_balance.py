@@ -119,6 +119,27 @@ def test_a_too_strong_D_waits_and_a_too_weak_D_stops_G(real_logit, fake_logit, s
                                                 rel=0.05)
 
 
+@pytest.mark.parametrize("rule", ["margin", "equilibrium"])
+def test_with_several_processes_the_rule_decides_on_their_mean_errors(rule):
+    """This process's D wins by far (errors near 0); the mean over all processes (`agree`) is in the band,
+    so every process updates D, as the others decide too, and they join the same gradient reductions."""
+    paddle.seed(0)
+    G = network.DCGANGenerator(size=8, width=8)
+    real = paddle.uniform([4, 3, 8, 8], min=-1, max=1)
+    D = Oracle(real, 8.0, -8.0)
+    opt_G = paddle.optimizer.Adam(learning_rate=2e-4, parameters=G.parameters())
+    opt_D = paddle.optimizer.Adam(learning_rate=2e-4, parameters=D.parameters())
+    asked = []
+    agree = lambda errors: asked.append(errors) or [0.6, 0.6]   # noqa: E731
+    alone, together = Tricks(balance=rule, margin=0.3), Tricks(balance=rule, margin=0.3)
+    methods.bce_iteration(G, D, opt_G, opt_D, real, 100, 1, 2, alone)
+    methods.bce_iteration(G, D, opt_G, opt_D, real, 100, 1, 2, together, agree=agree)
+    assert (alone.d_skips, together.d_skips, together.d_updates) == (1, 0, 1)
+    assert len(asked) == 1 and max(asked[0]) < 0.01      # this process's own errors went into the mean
+    methods.bce_iteration(G, D, opt_G, opt_D, real, 100, 1, 2, Tricks(), agree=agree)
+    assert len(asked) == 1                                # no rule, nothing to agree on: no communication
+
+
 def test_torchblog_networks_at_every_size():
     for size in (8, 16, 32, 64):
         G, D = network.build("torchblog", size=size, width=8).values()

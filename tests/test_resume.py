@@ -263,7 +263,12 @@ def test_a_batch_larger_than_the_dataset_is_refused(lfw8, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_two_processes_train_the_same_weights_and_only_rank_0_writes(lfw8, tmp_path):
+@pytest.mark.parametrize("more", [
+    [],
+    ["--balance", "margin", "--margin", "0.45"],   # skips decided on the errors of both processes' batches
+    ["--arch", "vaegan"],
+])
+def test_two_processes_train_the_same_weights_and_only_rank_0_writes(more, lfw8, tmp_path):
     # Each process dumps its trained parameters before rank 0's BatchNorm statistics are shared.
     script = tmp_path / "dist_wrapper.py"
     script.write_text(f"""
@@ -280,7 +285,7 @@ train.main(sys.argv[1:])
 """)
     cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", str(script),
            "--data", lfw8, "--out", str(tmp_path / "out"), "--epochs", "1", "--batch-size", "8",
-           "--epoch-images", "64", "--width", "8", "--device", "cpu", "--log-every", "1"]
+           "--epoch-images", "64", "--width", "8", "--device", "cpu", "--log-every", "1", *more]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     r0, r1 = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
@@ -294,3 +299,5 @@ train.main(sys.argv[1:])
     state = checkpoint.load(str(tmp_path / "out" / checkpoint.FILE))
     assert (state["iteration"], state["images_seen"]) == (4, 64)  # 4 steps of 2 x 8 images
     assert [r[0] for r in losses(tmp_path / "out")] == [1, 2, 3, 4]
+    if "margin" in more:
+        assert state["method"]["d_skips"] + state["method"]["g_skips"] > 0
