@@ -16,6 +16,7 @@ Examples:
     python generator.py --export deploy/generator        # the deployable model, for paddle.inference
     python generator.py --seeds 1,5,9                    # exactly these seeds' faces: seed0001.png ...
     python generator.py --walk 8 --seed 3                # walk.gif: a loop through 8 latent points
+    python generator.py --walk-ones                      # walk_ones.gif: a block of 1s slid along z
     python generator.py --checkpoint runs/vae/checkpoint.pdparams --reconstruct 16  # beside their reconstructions
 """
 import json
@@ -48,6 +49,10 @@ def seeds_problem(text):
     return None
 
 
+ONES_BLOCK = 10   # --walk-ones: consecutive 1s in z
+ONES_STEP = 5     # and how far they move per frame
+
+
 @dataclass
 class GenerateConfig:
     checkpoint: str = option("output/checkpoint.pdparams", "checkpoint written by train.py")
@@ -63,7 +68,10 @@ class GenerateConfig:
                         "a face depends on its seed alone", seeds_problem)
     walk: int = option(None, "write walk.gif and its frames (walk/): a looping walk through this many random latent "
                        "points (from --seed), by spherical interpolation, back to the first", at_least(2))
-    reconstruct: int = option(None, "architectures with an encoder (vae): write reconstruct.png, this many real "
+    walk_ones: bool = option(False, "write walk_ones.gif and its frames (walk_ones/): the \"Make Your Own GAN\" "
+                             f"series' animation, z all 0 but a block of {ONES_BLOCK} consecutive 1s, slid along z in "
+                             f"steps of {ONES_STEP}")
+    reconstruct: int = option(None, "architectures with an encoder (vae, vaegan): write reconstruct.png, this many real "
                               "faces of --data (drawn with --seed) each beside its reconstruction", at_least(1))
     data: str = option("data", "dataset folder written by pretreat.py, for --reconstruct")
 
@@ -174,6 +182,16 @@ def walk_noise(points, frames):
     return np.stack(steps).astype(np.float32)
 
 
+def ones_noise(z_dim, block=ONES_BLOCK, step=ONES_STEP):
+    """The series' walk: rows of zeros but `block` consecutive ones, the block starting at 0, step, 2 step, ...
+    as long as it fits in z (one row, all ones, where z is shorter than the block)."""
+    block = min(block, z_dim)
+    rows = [np.zeros(z_dim, np.float32) for _ in range(0, z_dim - block + 1, step)]
+    for row, start in zip(rows, range(0, z_dim - block + 1, step)):
+        row[start:start + block] = 1
+    return np.stack(rows)
+
+
 # ----------------------------------------------------------------------------- fast path
 
 def export(G, prefix):
@@ -251,8 +269,8 @@ def fast_generator(G, checkpoint):
 def main(argv=None):
     parser = build_parser(GenerateConfig, __doc__)
     cfg = parse(GenerateConfig, parser, argv)
-    if sum(v is not None for v in (cfg.walk, cfg.seeds, cfg.reconstruct)) > 1:
-        parser.error("--walk, --seeds and --reconstruct write different things: give one of them")
+    if sum(v is not None for v in (cfg.walk, cfg.seeds, cfg.reconstruct)) + cfg.walk_ones > 1:
+        parser.error("--walk, --walk-ones, --seeds and --reconstruct write different things: give one of them")
     with refusing(parser, CheckpointError, runtime.ConfigError, DatasetError):
         device = runtime.select_device(cfg.device)
         G, state = load_generator(cfg.checkpoint)
@@ -290,6 +308,11 @@ def main(argv=None):
         print(f"wrote walk.gif ({cfg.walk} points, {cfg.walk * WALK_FRAMES} frames) and its frames in walk/ to "
               f"{cfg.out} ({where}, seed {seed}: --seed {seed} writes the same walk again)", file=sys.stderr)
         return
+    if cfg.walk_ones:
+        count = write_frames(draw(G, ones_noise(G.args["z_dim"]), forward), cfg.out, "walk_ones")
+        print(f"wrote walk_ones.gif ({count} frames) and its frames in walk_ones/ to {cfg.out} ({where})",
+              file=sys.stderr)
+        return
     if cfg.seeds:
         seeds = parse_seeds(cfg.seeds)
         faces = draw(G, seed_noise(seeds, G.args["z_dim"]), forward)
@@ -321,11 +344,16 @@ def write_reconstructions(E, G, dataset, count, seed, folder):
 def write_walk(G, points, seed, forward, folder):
     """walk.gif and walk/0000.png ...: a closed loop through `points` random latent points of `seed`."""
     anchors = np.random.default_rng(seed).standard_normal((points, G.args["z_dim"]))
-    frames = draw(G, walk_noise(anchors, WALK_FRAMES), forward)
-    os.makedirs(os.path.join(folder, "walk"), exist_ok=True)
+    write_frames(draw(G, walk_noise(anchors, WALK_FRAMES), forward), folder, "walk")
+
+
+def write_frames(frames, folder, name, ms=WALK_MS):
+    """`name`.gif, looping, and its frames as `name`/0000.png ... in `folder`; returns how many frames."""
+    os.makedirs(os.path.join(folder, name), exist_ok=True)
     for i, frame in enumerate(frames):
-        write_png(os.path.join(folder, "walk", f"{i:04d}.png"), frame)
-    write_gif(os.path.join(folder, "walk.gif"), frames, WALK_MS, scale=grid_scale(frames.shape[1]))
+        write_png(os.path.join(folder, name, f"{i:04d}.png"), frame)
+    write_gif(os.path.join(folder, f"{name}.gif"), frames, ms, scale=grid_scale(frames.shape[1]))
+    return len(frames)
 
 
 if __name__ == "__main__":

@@ -121,10 +121,27 @@ def test_a_walk_is_a_looping_gif_through_its_points(checkpoint, tmp_path):
     assert np.linalg.norm(mid) == pytest.approx((np.linalg.norm(z[0]) + np.linalg.norm(z[1])) / 2, rel=0.1)
 
 
+def test_walk_ones_slides_a_block_of_ones_along_z(checkpoint, tmp_path):
+    from PIL import Image
+    z = generator.ones_noise(100)
+    assert z.shape == (19, 100)                          # block 10 at 0, 5, ..., 90
+    for i, row in enumerate(z):
+        assert set(np.flatnonzero(row)) == set(range(5 * i, 5 * i + 10)) and (row[row != 0] == 1).all()
+    assert generator.ones_noise(7).tolist() == [[1.0] * 7]   # a z shorter than the block: all ones
+    generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path), "--walk-ones"])
+    assert len(os.listdir(tmp_path / "walk_ones")) == 19
+    with Image.open(tmp_path / "walk_ones.gif") as gif:
+        assert gif.n_frames == 19 and gif.info["loop"] == 0
+        first = np.array(gif.convert("RGB"))
+        gif.seek(10)
+        assert not np.array_equal(first, np.array(gif.convert("RGB")))   # the faces change as the block moves
+
+
 @pytest.mark.parametrize("args, phrase", [
     (["--walk", "1"], "--walk must be at least 2, got 1"),
     (["--seeds", "5-2"], "--seeds 5-2: '5-2' is not a seed or a range"),
-    (["--walk", "3", "--seeds", "1"], "--walk, --seeds and --reconstruct write different things"),
+    (["--walk", "3", "--seeds", "1"], "--walk, --walk-ones, --seeds and --reconstruct write different things"),
+    (["--walk-ones", "--walk", "2"], "--walk, --walk-ones, --seeds and --reconstruct write different things"),
     (["--reconstruct", "0"], "--reconstruct must be at least 1"),
 ])
 def test_bad_walks_and_seeds(args, phrase, tmp_path):
