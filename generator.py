@@ -71,8 +71,8 @@ class GenerateConfig:
     walk_ones: bool = option(False, "write walk_ones.gif and its frames (walk_ones/): the \"Make Your Own GAN\" "
                              f"series' animation, z all 0 but a block of {ONES_BLOCK} consecutive 1s, slid along z in "
                              f"steps of {ONES_STEP}")
-    reconstruct: int = option(None, "architectures with an encoder (vae, vaegan): write reconstruct.png, this many real "
-                              "faces of --data (drawn with --seed) each beside its reconstruction", at_least(1))
+    reconstruct: int = option(None, "architectures with an encoder (vae, vaegan): write reconstruct.png, this many "
+                              "real faces of --data (drawn with --seed) each beside its reconstruction", at_least(1))
     data: str = option("data", "dataset folder written by pretreat.py, for --reconstruct")
 
 
