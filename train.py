@@ -1,4 +1,4 @@
-"""Train a face GAN (the tutorial's DCGAN, the Torch blog's, PG-GAN) on a dataset from pretreat.py.
+"""Train a face generator (the tutorial's DCGAN, the Torch blog's GAN, VAE and VAE/GAN, PG-GAN, the series' GANs) on a dataset from pretreat.py.
 
 One iteration = one real batch, trained by the architecture's method (methods.py): for the
 tutorial's DCGAN, D is updated on real and fake together (--d-steps times), then G --g-steps
@@ -39,6 +39,7 @@ Examples:
     python train.py --arch torchblog --balance margin --optimizer rmsprop --out runs/blog   # the Torch blog
     python train.py --real-label 0.9 --flip-labels 0.05 --balance l2 --out runs/tricks
     python train.py --arch pggan --size 32 --out runs/pggan      # progressive growing, 4 -> 32
+    python train.py --arch vaegan --out runs/vaegan              # the VAE/GAN, with the equilibrium rule
 """
 import os
 import sys
