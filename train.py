@@ -1,4 +1,5 @@
-"""Train a face generator (the tutorial's DCGAN, the Torch blog's GAN, VAE and VAE/GAN, PG-GAN, the series' GANs) on a dataset from pretreat.py.
+"""Train a face generator on a dataset from pretreat.py: the tutorial's DCGAN, the Torch blog's GAN, VAE
+and VAE/GAN, PG-GAN, and the "Make Your Own GAN" series' GANs (--arch).
 
 One iteration = one real batch, trained by the architecture's method (methods.py): for the
 tutorial's DCGAN, D is updated on real and fake together (--d-steps times), then G --g-steps
