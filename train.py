@@ -230,11 +230,11 @@ def help_text(f):
             text = METHODS[arch.method].default_help(f.name) if own is None else f"{own:g}"
         if text is not None:
             by_text.setdefault(text, []).append(name)
-    if len(by_text) == 1:  # one default wherever the setting applies
+    users = [name for name, arch in network.ARCHITECTURES.items() if applies(f.name, arch)]
+    if len(by_text) == 1 and next(iter(by_text.values())) == users:  # one default wherever the setting applies
         parts.append(next(iter(by_text)))
     else:
         parts += [f"{text} for {', '.join(names)}" for text, names in by_text.items()]
-    users = [name for name, arch in network.ARCHITECTURES.items() if applies(f.name, arch)]
     scope = "" if len(users) == len(network.ARCHITECTURES) else f"{', '.join(users)}: "
     return scope + f.metadata["help"] + (f" (default: {'; '.join(parts)})" if parts else "")
 

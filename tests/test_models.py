@@ -90,3 +90,11 @@ def test_conv128_trains_at_128_and_refuses_other_sizes(lfw8, tmp_path):
 ])
 def test_size_is_checked_against_the_architecture_at_parse_time(args, phrase, tmp_path):
     assert_user_error(run_script("train.py", *args, cwd=tmp_path), phrase)
+
+
+def test_the_mlp_takes_one_image_per_update_as_the_series_unless_told():
+    built_in, celeba = {"embedded": True, "count": 100}, {"count": 202599}
+    assert train.resolve_defaults(train.TrainConfig(arch="mlp"), built_in, 1).batch_size == 1
+    assert train.resolve_defaults(train.TrainConfig(arch="mlp"), celeba, 1).batch_size == 1
+    assert train.resolve_defaults(train.TrainConfig(arch="mlp", batch_size=8), built_in, 1).batch_size == 8
+    assert train.resolve_defaults(train.TrainConfig(arch="dcgan"), built_in, 1).batch_size == 64
