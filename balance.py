@@ -24,7 +24,7 @@ Example:
     tricks = Tricks(balance="margin", margin=0.3, optimizer="rmsprop")
     stats = train.train_iteration(G, D, opt_G, opt_D, real, 100, tricks=tricks)
 """
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle
@@ -35,6 +35,7 @@ MARGINS = {"margin": 0.3, "equilibrium": 0.35}   # the blog's margin; the VAE/GA
 OPTIMIZERS = ("adam", "rmsprop")
 L2_STEP, L2_UP, L2_DOWN = 1e-5, 1.3, 0.9      # the blog's adaptive weight decay
 WARMUP = ((10, 50.0), (30, 5.0))              # (until this many updates, divide lr by)
+COUNTERS = ("coef_l2", "d_updates", "g_updates", "d_skips", "g_skips")   # Tricks' running state
 
 
 def margin_rule(err_real, err_fake, margin):
@@ -161,6 +162,10 @@ class Tricks:
 
     def state(self):
         return asdict(self)
+
+    def continued(self, state):
+        """These options with the running state (L2 coefficient, update and skip counts) of a checkpoint's `state`."""
+        return replace(self, **{k: v for k, v in state.items() if k in COUNTERS})
 
 
 def make_optimizer(name, lr, beta1, beta2, parameters):

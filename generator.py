@@ -186,10 +186,8 @@ def ones_noise(z_dim, block=ONES_BLOCK, step=ONES_STEP):
     """The series' walk: rows of zeros but `block` consecutive ones, the block starting at 0, step, 2 step, ...
     as long as it fits in z (one row, all ones, where z is shorter than the block)."""
     block = min(block, z_dim)
-    rows = [np.zeros(z_dim, np.float32) for _ in range(0, z_dim - block + 1, step)]
-    for row, start in zip(rows, range(0, z_dim - block + 1, step)):
-        row[start:start + block] = 1
-    return np.stack(rows)
+    starts = np.arange(0, z_dim - block + 1, step)[:, None]
+    return ((np.arange(z_dim) >= starts) & (np.arange(z_dim) < starts + block)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- fast path

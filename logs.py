@@ -113,9 +113,9 @@ def plot_monitor(history, band, path, gen="gen: BCE(D(G(z)), real), low when G f
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     its = [r["iteration"] for r in history]
     marker = "o" if len(history) < 30 else None
-    for key, label in ((("loss_G", gen),) if gen else ()) + (
-                       ("err_F", "fake: BCE(D(G(z)), fake), low when D spots fakes"),
-                       ("err_R", "real: BCE(D(x), real), low when D knows reals")):
+    curves = [("err_F", "fake: BCE(D(G(z)), fake), low when D spots fakes"),
+              ("err_R", "real: BCE(D(x), real), low when D knows reals")]
+    for key, label in ([("loss_G", gen)] if gen else []) + curves:
         top.plot(its, [r.get(key, np.nan) for r in history], label=label, marker=marker)
     top.axhspan(*band, color="0.85", label=f"band of no skips ({band[0]:g}, {band[1]:g})")
     top.set_ylabel("BCE")

@@ -149,6 +149,13 @@ class Method:
     def start(self, pos, device):
         """Set up the step for a run at position `pos` (after any checkpoint was loaded)."""
 
+    def own_noise(self, pos):
+        """With several processes, give each its own noise for the iteration at `pos`: Paddle's generator seeded
+        from (seed, rank, iteration), so a resumed run draws the same."""
+        if self.procs.world > 1:
+            entropy = [self.cfg.seed, self.procs.rank, pos.iteration]
+            paddle.seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+
     def step(self, real, pos):
         """One iteration on the batch `real`: ({name: number} for the log, weight_checks of the trained networks)."""
         raise NotImplementedError
@@ -270,7 +277,6 @@ class BCEMethod(Method):
     loss_label = "BCE loss"
     DEFAULTS = dict(z_dim=100, beta1=0.5, beta2=0.999, d_steps=1, g_steps=2, optimizer="adam", balance="none")
     LR = {"adam": 2e-4, "rmsprop": 1e-3}   # Radford et al.; the blog's RMSProp
-    COUNTERS = ("coef_l2", "d_updates", "g_updates", "d_skips", "g_skips")   # Tricks' state
 
     @classmethod
     def defaults(cls, cfg, embedded):
@@ -294,7 +300,7 @@ class BCEMethod(Method):
         self.fast, self.stale = None, False
 
     def load_state(self, state):
-        self.tricks = Tricks(**{**self.tricks.state(), **{k: v for k, v in state.items() if k in self.COUNTERS}})
+        self.tricks = self.tricks.continued(state)
 
     def start(self, pos, device):
         cfg, G, D = self.cfg, self.nets["G"], self.nets["D"]
@@ -311,8 +317,7 @@ class BCEMethod(Method):
             self.stale = True
             return stats, {"G": stats.pop("G_check"), "D": stats.pop("D_check")}
         cfg, procs = self.cfg, self.procs
-        if procs.world > 1:  # each process its own noise, a function of (seed, rank, iteration): resumable
-            paddle.seed(int(np.random.SeedSequence([cfg.seed, procs.rank, pos.iteration]).generate_state(1)[0]))
+        self.own_noise(pos)
         stats = bce_iteration(self.G_run, self.D_run, self.opts["G"], self.opts["D"], real, cfg.z_dim, cfg.d_steps,
                               cfg.g_steps, self.tricks, procs.reduce, procs.mean)
         return stats, weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
@@ -402,7 +407,7 @@ def feature_error(D, reconstructed, real):
     return reconstruction_error(features[n:], features[:n]).mean()
 
 
-class VAEGANMethod(VAEMethod):
+class VAEGANMethod(Method):
     """The VAE/GAN of Larsen et al. 2016, "Autoencoding beyond pixels using a learned similarity metric", the
     Torch blog's "going further", ported from the authors' code (andersbll/autoencoding_beyond_pixels,
     model/aegan.py). Encoder E, decoder G and discriminator D share z ~ N(0, I); per iteration:
@@ -420,10 +425,10 @@ class VAEGANMethod(VAEMethod):
 
     One forward of each network per loss and three backward passes; RMSProp by default, as the reference.
 
-    On --d-reconstructions: the paper's Algorithm 1 has D classify reconstructions too. The issue that
-    asked for this says the authors' scripts turn it off; in the code read here (aegan.py, AEGAN.setup)
-    `sample_z=True`, the default of every script, concatenates the encoded z (gradient to E scaled by 0)
-    with the prior samples, so D does see reconstructions there. The flag offers both; off by default.
+    On --d-reconstructions: the paper's Algorithm 1 has D classify reconstructions too. In the reference
+    code (aegan.py, AEGAN.setup) `sample_z=True`, the default of every script, concatenates the encoded z
+    (its gradient to E scaled by 0) with the prior samples, so D sees reconstructions there as well. The
+    flag offers both; off by default.
     """
     order = ("E", "G", "D")
     loss_label = "loss"
@@ -443,7 +448,7 @@ class VAEGANMethod(VAEMethod):
         return BCEMethod.default_help(name) if name == "margin" else super().default_help(name)
 
     def __init__(self, cfg, arch, size, procs):
-        Method.__init__(self, cfg, arch, size, procs)
+        super().__init__(cfg, arch, size, procs)
         if cfg.balance == "l2":
             raise ConfigError(f"--balance l2 is the Torch blog's rule for a plain GAN; --arch {arch} balances with "
                               "equilibrium, margin or none")
@@ -452,7 +457,7 @@ class VAEGANMethod(VAEMethod):
         self.tricks = Tricks(balance=cfg.balance, margin=cfg.margin, optimizer=cfg.optimizer, lr=cfg.lr)
 
     def load_state(self, state):
-        self.tricks = Tricks(**{**self.tricks.state(), **{k: v for k, v in state.items() if k in BCEMethod.COUNTERS}})
+        self.tricks = self.tricks.continued(state)
 
     def start(self, pos, device):
         self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world, plain=True)
@@ -461,8 +466,7 @@ class VAEGANMethod(VAEMethod):
     def step(self, real, pos):
         cfg, procs, tricks = self.cfg, self.procs, self.tricks
         E, G, D = self.run["E"], self.run["G"], self.run["D"]
-        if procs.world > 1:  # each process its own noise, a function of (seed, rank, iteration): resumable
-            paddle.seed(int(np.random.SeedSequence([cfg.seed, procs.rank, pos.iteration]).generate_state(1)[0]))
+        self.own_noise(pos)
         for opt in self.opts.values():
             opt.clear_grad()
         # the VAE: E's loss KL + L_llike; G keeps gamma times L_llike's gradient

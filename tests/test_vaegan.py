@@ -1,4 +1,5 @@
 """--arch vaegan: Larsen et al.'s VAE/GAN, each network trained by its own loss, and the equilibrium rule."""
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -145,7 +146,7 @@ def test_a_trained_vaegan_reconstructs_faces_and_generates(lfw32, tmp_path):
     distance = np.abs(rec[:, None] - real[None].astype(float)).mean(axis=(2, 3, 4))   # [reconstruction, input]
     own = np.diag(distance)
     assert (own < (distance.sum(axis=1) - own) / 19).mean() >= 0.7   # nearer its own input than the average other
-    records = [r for r in map(__import__("json").loads, open(tmp_path / "run" / "log.jsonl")) if "llike" in r]
+    records = [r for r in map(json.loads, open(tmp_path / "run" / "log.jsonl")) if "llike" in r]
     assert {"kl", "llike", "err_R", "err_F", "d_skips", "g_skips"} <= set(records[-1])
     assert records[-1]["d_skips"] > 0   # the equilibrium rule held D back (129 of 200 times here)
     assert (tmp_path / "run" / "monitor.png").exists() and (tmp_path / "run" / "loss.png").exists()
