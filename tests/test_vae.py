@@ -1,4 +1,6 @@
 """--arch vae: the Torch blog's variational autoencoder, its KL term, and a trained one reconstructing faces."""
+import re
+
 import numpy as np
 import paddle
 import pytest
@@ -77,13 +79,15 @@ def test_gan_settings_are_refused_for_the_vae(lfw8, tmp_path):
         train.train(cfg)
 
 
-def test_reconstruct_writes_faces_beside_their_reconstructions_and_needs_an_encoder(lfw8, tmp_path):
+def test_reconstruct_writes_faces_beside_their_reconstructions_and_needs_an_encoder(lfw8, tmp_path, capsys):
     from conftest import assert_user_error, run_script
     cfg = train.TrainConfig(data=lfw8, out=str(tmp_path / "run"), arch="vae", epochs=1, batch_size=16,
                             epoch_images=32, width=8, z_dim=20, device="cpu")
     path = train.train(cfg)
     generator.main(["--checkpoint", path, "--reconstruct", "5", "--data", lfw8, "--out", str(tmp_path / "rec"),
                     "--seed", "0"])
+    assert re.search(r"mean error \d+\.\d grey levels, \d+% nearer their own face than any other of the 5",
+                     capsys.readouterr().err)
     import cv2
     grid = cv2.imread(str(tmp_path / "rec" / "reconstruct.png"))
     # 5 pairs, 3 per row: 2 rows of 6 faces of 8 px, 2 px apart, shown 8x
