@@ -173,3 +173,52 @@ def make_optimizer(name, lr, beta1, beta2, parameters):
     if name == "rmsprop":
         return paddle.optimizer.RMSProp(learning_rate=lr, rho=0.9, epsilon=1e-8, parameters=parameters)
     return paddle.optimizer.Adam(learning_rate=lr, beta1=beta1, beta2=beta2, parameters=parameters)
+
+
+# ----------------------------------------------------------------------------- LeCam
+
+LECAM_DECAY = 0.99   # the moving averages' decay (lecam-gan's ema_losses)
+
+
+def lecam_term(out_real, out_fake, ema_real, ema_fake):
+    """LeCam's regulariser (Tseng et al. 2021, google/lecam-gan losses.py lecam_reg), unweighted:
+    mean(relu(D(real) - ema_fake)^2) + mean(relu(ema_real - D(fake))^2), on D's raw outputs.
+
+    It is 0 while D's outputs on reals stay below the average of its outputs on fakes and those on
+    fakes above the average on reals: it keeps D's outputs near where they have been, not ever further apart.
+    Paddle ops, so the static step builds it too; `ema_*` may be numbers or tensors.
+    """
+    return ((paddle.nn.functional.relu(out_real - ema_fake) ** 2).mean()
+            + (paddle.nn.functional.relu(ema_real - out_fake) ** 2).mean())
+
+
+class LeCam:
+    """--lecam W: W * lecam_term with moving averages of D's mean output on reals and on fakes.
+
+    The averages take each batch before its term is computed; the first batch sets them (no pull
+    towards an arbitrary start). Their values are kept in checkpoints (`state`).
+    """
+
+    def __init__(self, weight, decay=LECAM_DECAY):
+        self.weight, self.decay, self.real, self.fake = weight, decay, None, None
+
+    def next_decay(self):
+        """The decay of the next update: 0 for the first batch, which sets the averages."""
+        return 0.0 if self.real is None else self.decay
+
+    def follow(self, mean_real, mean_fake):
+        """Move the averages by one batch's mean outputs."""
+        decay = self.next_decay()
+        self.real = decay * (self.real or 0.0) + (1 - decay) * mean_real
+        self.fake = decay * (self.fake or 0.0) + (1 - decay) * mean_fake
+
+    def __call__(self, out_real, out_fake):
+        """The weighted term for this batch's outputs, after the averages took them."""
+        self.follow(float(out_real.mean()), float(out_fake.mean()))
+        return self.weight * lecam_term(out_real, out_fake, self.real, self.fake)
+
+    def state(self):
+        return {"real": self.real, "fake": self.fake}
+
+    def load(self, state):
+        self.real, self.fake = state["real"], state["fake"]

@@ -33,6 +33,7 @@ from paddle.base.layer_helper import LayerHelper
 
 import checkpoint
 import network
+from balance import lecam_term
 
 
 ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad and conv2d_transpose fail in these programs
@@ -78,7 +79,7 @@ def _bce(logits, target):
 class FastStep:
     """methods.bce_iteration for one architecture and batch size, as a static program on the CPU."""
 
-    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2):
+    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2, augment=None, lecam=None):
         if not network.architecture(arch).static_step:
             raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
         # Run the ops one at a time (oneDNN and MKL use the cores themselves) and in the program's
@@ -88,8 +89,15 @@ class FastStep:
         paddle.set_flags({"FLAGS_new_executor_serial_run": True, "FLAGS_new_executor_sequential_run": True})
         self.batch, self.z_dim = batch, arch_args["z_dim"]
         self.d_steps, self.g_steps = d_steps, g_steps
+        self.augment = augment if augment is not None and augment.active else None
+        self.lecam = lecam
         self.scope = paddle.static.Scope()
         self.place = paddle.CPUPlace()
+        # Building draws a sample of T's numbers (for their shapes) and the startup's initializers draw
+        # from the global generator: leave the training noise where the dygraph step would find it.
+        rng = paddle.get_rng_state()
+        size = arch_args["size"]
+        self.shapes = {k: v.shape for k, v in self.augment.draw(batch, size).items()} if self.augment else {}
         with paddle.pir_utils.OldIrGuard():
             self.program, startup = paddle.static.Program(), paddle.static.Program()
             with paddle.static.program_guard(self.program, startup), paddle.utils.unique_name.guard():
@@ -98,41 +106,66 @@ class FastStep:
                 if op.type in ONEDNN_OPS:
                     op._set_attr("use_mkldnn", True)
             self.executor = paddle.static.Executor(self.place)
-            rng = paddle.get_rng_state()  # the startup's initializers draw from the global generator:
             with paddle.static.scope_guard(self.scope):
                 self.executor.run(startup)
-            paddle.set_rng_state(rng)     # leave the training noise where the dygraph step would find it
+        paddle.set_rng_state(rng)
 
     def _build(self, arch, arch_args, lr, beta1, beta2):
         nets = network.build(arch, **arch_args)   # weights come from `load`
         G, D = nets["G"], nets["D"]
         lower(G)
-        n, z_dim = self.batch, self.z_dim
-        real = paddle.static.data("real", [n, 3, G.args["size"], G.args["size"]], "float32")
-        zs = [paddle.static.data(f"z{i}", [n, z_dim], "float32") for i in range(self.d_steps + self.g_steps - 1)]
+        n, z_dim, size = self.batch, self.z_dim, G.args["size"]
+        real = paddle.static.data("real", [n, 3, size, size], "float32")
+        # Every random input in the order the dygraph step draws it: ("z", name) or ("T", {key: name}).
+        self.draws = []
+
+        def noise():
+            z = paddle.static.data(f"z{len(self.draws)}", [n, z_dim], "float32")
+            self.draws.append(("z", z.name))
+            return z
+
+        def T(x):
+            if not self.augment:
+                return x
+            numbers = {k: paddle.static.data(f"T{len(self.draws)}_{k}", shape, "float32")
+                       for k, shape in self.shapes.items()}
+            self.draws.append(("T", {k: v.name for k, v in numbers.items()}))
+            return self.augment.apply(x, numbers)
+
         adam = dict(learning_rate=lr, beta1=beta1, beta2=beta2)
         opt_D = paddle.optimizer.Adam(parameters=D.parameters(), **adam)
         opt_G = paddle.optimizer.Adam(parameters=G.parameters(), **adam)
         d_names = {p.name for p in D.parameters()}
+        if self.lecam:  # LeCam's averages before the iteration and the decay of its first update (0 at the start)
+            ema_real, ema_fake, decay = (paddle.static.data(name, [1], "float32")
+                                         for name in ("lecam_real", "lecam_fake", "lecam_decay"))
 
-        fake = G(zs[0])
+        fake = G(noise())
         for i in range(self.d_steps):
-            more = fake if i == 0 else G(zs[i])
-            logits_real, logits_fake = D(real), D(more.detach())
+            more = fake if i == 0 else G(noise())
+            logits_real, logits_fake = D(T(real)), D(T(more.detach()))
             err_real, err_fake = _bce(logits_real, 1.0), _bce(logits_fake, 0.0)
             loss_D = err_real + err_fake
-            opt_D.minimize(loss_D, parameters=D.parameters())
+            if self.lecam:  # balance.LeCam: the averages take the batch, then the term
+                keep = decay if i == 0 else self.lecam.decay
+                ema_real = keep * ema_real + (1 - keep) * logits_real.mean().detach()
+                ema_fake = keep * ema_fake + (1 - keep) * logits_fake.mean().detach()
+                reg = self.lecam.weight * lecam_term(logits_real, logits_fake, ema_real, ema_fake)
+                opt_D.minimize(loss_D + reg, parameters=D.parameters())
+            else:
+                opt_D.minimize(loss_D, parameters=D.parameters())
         losses_G = []
         for i in range(self.g_steps):
-            more = fake if i == 0 else G(zs[self.d_steps + i - 1])
-            loss_G = _bce(D(more), 1.0)
+            more = fake if i == 0 else G(noise())
+            loss_G = _bce(D(T(more)), 1.0)
             opt_G.minimize(loss_G, parameters=G.parameters(), no_grad_set=d_names)
             losses_G.append(loss_G)
-        self.feeds = ["real"] + [z.name for z in zs]
         # per network, the sum of its parameters' means after the updates: not finite once any parameter is not
         sums = [paddle.add_n([p.mean() for p in net.parameters()]) for net in (G, D)]
         self.fetch = [loss_D, unary("sigmoid", logits_real).mean(), unary("sigmoid", logits_fake).mean(),
-                      err_real, err_fake, paddle.stack(losses_G).mean(), *sums]
+                      err_real, err_fake, paddle.stack(losses_G).mean(), unary("sign", logits_real).mean(), *sums]
+        if self.lecam:
+            self.fetch += [reg, ema_real, ema_fake]
         # dygraph state_dict keys (structural, the same in both modes) -> this program's variable names
         self.names = {"G": {k: v.name for k, v in G.state_dict().items()},
                       "D": {k: v.name for k, v in D.state_dict().items()}}
@@ -162,9 +195,13 @@ class FastStep:
     def store(self, G, D, opt_G, opt_D):
         """Copy the program's weights, statistics and Adam state back into the dygraph objects."""
         for key, net, opt in (("G", G, opt_G), ("D", D, opt_D)):
-            net.set_state_dict({k: self._get(static_name) for k, static_name in self.names[key].items()})
+            self.store_net(key, net)
             checkpoint.set_optimizer_state(opt, net, {k: {acc: self._get(name) for acc, name in entries.items()}
                                                       for k, entries in self.adam[key].items()})
+
+    def store_net(self, key, net):
+        """Copy the program's weights and statistics of network `key` ("G" or "D") into the dygraph `net`."""
+        net.set_state_dict({k: self._get(static_name) for k, static_name in self.names[key].items()})
 
     # --- one iteration
 
@@ -177,9 +214,23 @@ class FastStep:
         real = real.numpy() if isinstance(real, paddle.Tensor) else np.asarray(real)
         if real.shape[0] != self.batch:
             raise ValueError(f"this step was built for batches of {self.batch}, got {real.shape[0]}")
-        # the dygraph step's noise, drawn in its order from Paddle's global generator
-        zs = [paddle.randn([self.batch, self.z_dim]).numpy() for _ in range(self.d_steps + self.g_steps - 1)]
+        # the dygraph step's noise and T's numbers, drawn in its order from Paddle's global generator
+        feed = {"real": real}
+        for kind, names in self.draws:
+            if kind == "z":
+                feed[names] = paddle.randn([self.batch, self.z_dim]).numpy()
+            else:
+                numbers = self.augment.draw(self.batch, real.shape[-1])
+                feed.update({names[k]: v for k, v in numbers.items()})
+        if self.lecam:
+            values = {"lecam_real": self.lecam.real or 0.0, "lecam_fake": self.lecam.fake or 0.0,
+                      "lecam_decay": self.lecam.next_decay()}
+            feed.update({name: np.array([v], np.float32) for name, v in values.items()})
         with paddle.pir_utils.OldIrGuard(), paddle.static.scope_guard(self.scope):
-            out = self.executor.run(self.program, feed=dict(zip(self.feeds, [real] + zs)), fetch_list=self.fetch)
-        return dict(zip(("loss_D", "D_real", "D_fake", "err_R", "err_F", "loss_G", "G_check", "D_check"),
-                        (float(v) for v in out)))
+            out = self.executor.run(self.program, feed=feed, fetch_list=self.fetch)
+        names = ("loss_D", "D_real", "D_fake", "err_R", "err_F", "loss_G", "sign_real", "G_check", "D_check")
+        values = [np.asarray(v).item() for v in out]
+        stats = dict(zip(names, values))
+        if self.lecam:  # the last D update's term, and the averages after the iteration
+            stats["lecam"], self.lecam.real, self.lecam.fake = values[len(names):]
+        return stats

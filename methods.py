@@ -33,10 +33,13 @@ import paddle.nn.functional as F
 import checkpoint
 import faststep
 import network
-from balance import MARGINS, Tricks, make_optimizer
+from augment import AdaController, Augment
+from balance import MARGINS, LeCam, Tricks, make_optimizer
 from control import weight_checks
 from logs import plot_curves, plot_monitor
 from runtime import ConfigError
+
+EMA_BETA = 0.999   # G's moving average (PG-GAN's, and --ema's)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -71,6 +74,21 @@ def update(opt, loss, reduce=None, step=None):
             step(o)
         else:
             o.step()
+
+
+def ema_beta(updates, beta=EMA_BETA):
+    """The moving average's beta after `updates` updates: 0.999, warming up as TensorFlow's
+    ExponentialMovingAverage does, min(beta, (1 + t) / (10 + t)), so that a short run's average
+    is not mostly its random initial weights (0.999 ** 800 = 0.45)."""
+    return min(beta, (1 + updates) / (10 + updates))
+
+
+def ema_update(G_ema, G, beta=EMA_BETA):
+    """G_ema <- beta G_ema + (1 - beta) G for the trained parameters; BatchNorm's statistics copied, as
+    stylegan2-ada-pytorch copies buffers."""
+    with paddle.no_grad():
+        for e, p in zip(G_ema.parameters(), G.parameters()):
+            e.set_value(p if p.stop_gradient else e * beta + p * (1.0 - beta))
 
 
 def choose_step(name, device, arch, processes, plain):
@@ -110,6 +128,45 @@ class Method:
         self.nets = network.build(arch, **self.args)
         self.opts = {}
         self.path = "dygraph"
+        # what D sees (--augment), ADA's p, LeCam's averages: the same for every method with a D
+        self.T = Augment(getattr(cfg, "augment", None) or "none")
+        self.ada = AdaController(self.T)
+        self.lecam = LeCam(cfg.lecam) if getattr(cfg, "lecam", None) else None
+
+    def average_G(self):
+        """Add G's exponential moving average, "G_ema", which samples, evaluation and generator.py then draw with."""
+        G_ema = network.build_net(self.arch, "G", self.args)
+        G_ema.set_state_dict(self.nets["G"].state_dict())
+        self.nets["G_ema"] = G_ema
+        self.sampler = "G_ema"
+
+    def regularised(self, stats, batch):
+        """After an iteration: ADA's p follows D's outputs on reals (their mean over processes, so that every
+        process draws with the same p); returns `stats` without the number it took."""
+        sign_real = stats.pop("sign_real", None)
+        if sign_real is not None and self.T.kind == "ada":
+            self.ada.observe(self.procs.mean([sign_real])[0], batch * self.procs.world)
+        return stats
+
+    def regularity_state(self):
+        """ADA's and LeCam's state, for the checkpoint."""
+        return {"ada": self.ada.state(), "lecam": self.lecam.state() if self.lecam else None}
+
+    def load_regularity(self, state):
+        if state.get("ada"):
+            self.ada.load(state["ada"])
+        if self.lecam and state.get("lecam"):
+            self.lecam.load(state["lecam"])
+
+    def regularity_fields(self):
+        """ADA's p for the log, when it adapts."""
+        return {"augment_p": round(self.T.p, 6)} if self.T.kind == "ada" else {}
+
+    def plot_regularity(self, history, folder):
+        """augment.png: ADA's p over the run."""
+        if self.T.kind == "ada" and history and "augment_p" in history[-1]:
+            plot_curves([r for r in history if "augment_p" in r], {"augment_p": "ADA's p"},
+                        "augmentation probability", os.path.join(folder, "augment.png"))
 
     @classmethod
     def defaults(cls, cfg, embedded):
@@ -197,17 +254,22 @@ def _bce(logits, target):
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def d_step(D, opt_D, real, fake, tricks, reduce=None, agree=None):
+def same(x):
+    return x
+
+
+def d_step(D, opt_D, real, fake, tricks, reduce=None, agree=None, T=same, lecam=None):
     """One D forward on a real batch and a fake one (not differentiated into G), and D's update.
 
     Returns the numbers: loss_D, D_real, D_fake (mean probabilities), err_R = BCE(D(real), 1),
     err_F = BCE(D(fake), 0) and update_G, the balancing rule's word on G's update (the tricks
     decide whether D and G update; Tricks() always updates both). `reduce(opt)`, when given,
     averages the gradients of opt's parameters over processes, and `agree(values)` the errors
-    that the rule decides on, so that every process makes the same decision.
+    that the rule decides on, so that every process makes the same decision. D sees T(real) and
+    T(fake) (augment.Augment; one draw each); `lecam` (balance.LeCam) adds its term to D's loss.
     """
     # Real and fake go through D separately, so its BatchNorm sees all-real and all-fake batches.
-    logits_real, logits_fake = D(real), D(fake.detach())
+    logits_real, logits_fake = D(T(real)), D(T(fake.detach()))
     err_real = _bce(logits_real, paddle.ones_like(logits_real))
     err_fake = _bce(logits_fake, paddle.zeros_like(logits_fake))
     update_d, update_g = tricks.decide(*agreed([float(err_real), float(err_fake)], tricks, agree))
@@ -216,12 +278,15 @@ def d_step(D, opt_D, real, fake, tricks, reduce=None, agree=None):
     else:
         t_real, t_fake = tricks.targets(logits_real, logits_fake)
         loss_D = _bce(logits_real, t_real) + _bce(logits_fake, t_fake)
+    reg = lecam(logits_real, logits_fake) if lecam else None
     if update_d:
-        penalty = tricks.penalty(D)
-        update(opt_D, loss_D if penalty is None else loss_D + penalty, reduce, functools.partial(tricks.step, net="D"))
+        extra = [t for t in (tricks.penalty(D), reg) if t is not None]
+        update(opt_D, sum(extra, loss_D), reduce, functools.partial(tricks.step, net="D"))
     stats = {"loss_D": float(loss_D), "D_real": float(F.sigmoid(logits_real).mean()),
              "D_fake": float(F.sigmoid(logits_fake).mean()), "err_R": float(err_real), "err_F": float(err_fake),
-             "update_G": update_g}
+             "update_G": update_g, "sign_real": float(paddle.sign(logits_real).mean())}
+    if reg is not None:
+        stats["lecam"] = float(reg)
     if not update_g:  # G's loss all the same, from this forward: the L2 rule and the log need it
         stats["loss_G"] = float(_bce(logits_fake, paddle.ones_like(logits_fake)))
     return stats
@@ -232,34 +297,36 @@ def agreed(errors, tricks, agree):
     return agree(errors) if agree and tricks.skipping else errors
 
 
-def g_step(D, opt_G, fake, tricks, reduce=None):
-    """One G update from fakes still attached to G's graph: non-saturating BCE(D(fake), 1)."""
+def g_step(D, opt_G, fake, tricks, reduce=None, T=same):
+    """One G update from fakes still attached to G's graph: non-saturating BCE(D(T(fake)), 1)."""
     with frozen(D):  # D's weight gradients would be thrown away: do not compute them
-        logits = D(fake)
+        logits = D(T(fake))
         loss_G = _bce(logits, paddle.ones_like(logits))
         update(opt_G, loss_G, reduce, functools.partial(tricks.step, net="G"))
     return float(loss_G)
 
 
-def bce_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps, g_steps, tricks, reduce=None, agree=None):
-    """d_steps D updates, then g_steps G updates; returns loss_D, D_real, D_fake, err_R, err_F, loss_G.
+def bce_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps, g_steps, tricks, reduce=None, agree=None, T=same,
+                  lecam=None):
+    """d_steps D updates, then g_steps G updates; returns loss_D, D_real, D_fake, err_R, err_F, loss_G
+    and sign_real, the mean sign of D's outputs on reals (plus lecam, its term, with `lecam`).
 
     The first G update reuses the fakes of the first D update, graph and all, as the
     PyTorch DCGAN does: the same maths as a second G forward on the same noise, one forward
     fewer. Further D updates draw fresh fakes without a graph; further G updates fresh noise.
     The balancing rule of `tricks` (balance.Tricks) may skip D's or G's updates; when G's are
-    skipped, loss_G is BCE(D(fake), 1) of the D step's forward.
+    skipped, loss_G is BCE(D(fake), 1) of the D step's forward. D sees T of every image (augment.py).
     """
     n = real.shape[0]
     fake = G(paddle.randn([n, z_dim]))
-    first = stats = d_step(D, opt_D, real, fake, tricks, reduce, agree)
+    first = stats = d_step(D, opt_D, real, fake, tricks, reduce, agree, T, lecam)
     for _ in range(d_steps - 1):
         with paddle.no_grad():
             more = G(paddle.randn([n, z_dim]))
-        stats = d_step(D, opt_D, real, more, tricks, reduce, agree)
+        stats = d_step(D, opt_D, real, more, tricks, reduce, agree, T, lecam)
     if first["update_G"]:
-        losses = [g_step(D, opt_G, fake, tricks, reduce)] + [
-            g_step(D, opt_G, G(paddle.randn([n, z_dim])), tricks, reduce) for _ in range(g_steps - 1)]
+        losses = [g_step(D, opt_G, fake, tricks, reduce, T)] + [
+            g_step(D, opt_G, G(paddle.randn([n, z_dim])), tricks, reduce, T) for _ in range(g_steps - 1)]
         loss_g = float(np.mean(losses))
     else:
         loss_g = first["loss_G"]
@@ -275,7 +342,8 @@ class BCEMethod(Method):
     iteration runs as faststep.py's static program, which holds the weights while it trains.
     """
     loss_label = "BCE loss"
-    DEFAULTS = dict(z_dim=100, beta1=0.5, beta2=0.999, d_steps=1, g_steps=2, optimizer="adam", balance="none")
+    DEFAULTS = dict(z_dim=100, beta1=0.5, beta2=0.999, d_steps=1, g_steps=2, optimizer="adam", balance="none",
+                    augment="none", lecam=0.0, ema=False)
     LR = {"adam": 2e-4, "rmsprop": 1e-3}   # Radford et al.; the blog's RMSProp
 
     @classmethod
@@ -298,16 +366,19 @@ class BCEMethod(Method):
         self.tricks = Tricks(balance=cfg.balance, margin=cfg.margin, optimizer=cfg.optimizer, lr=cfg.lr,
                              real_label=cfg.real_label, label_jitter=cfg.label_jitter, flip_labels=cfg.flip_labels)
         self.fast, self.stale = None, False
+        if cfg.ema:
+            self.average_G()
 
     def load_state(self, state):
         self.tricks = self.tricks.continued(state)
+        self.load_regularity(state)
 
     def start(self, pos, device):
         cfg, G, D = self.cfg, self.nets["G"], self.nets["D"]
         self.path = choose_step(cfg.step, device, self.arch, self.procs.world, self.tricks.plain)
         if self.path == "static":
             self.fast = faststep.FastStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
-                                          cfg.d_steps, cfg.g_steps)
+                                          cfg.d_steps, cfg.g_steps, self.T, self.lecam)
             self.fast.load(G, D, self.opts["G"], self.opts["D"])
         self.G_run, self.D_run = self.procs.wrap(G), self.procs.wrap(D)
 
@@ -315,12 +386,18 @@ class BCEMethod(Method):
         if self.fast is not None:
             stats = self.fast(real)
             self.stale = True
-            return stats, {"G": stats.pop("G_check"), "D": stats.pop("D_check")}
-        cfg, procs = self.cfg, self.procs
-        self.own_noise(pos)
-        stats = bce_iteration(self.G_run, self.D_run, self.opts["G"], self.opts["D"], real, cfg.z_dim, cfg.d_steps,
-                              cfg.g_steps, self.tricks, procs.reduce, procs.mean)
-        return stats, weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
+            checks = {"G": stats.pop("G_check"), "D": stats.pop("D_check")}
+            if "G_ema" in self.nets:  # the average needs G's new weights every iteration
+                self.fast.store_net("G", self.nets["G"])
+        else:
+            cfg, procs = self.cfg, self.procs
+            self.own_noise(pos)
+            stats = bce_iteration(self.G_run, self.D_run, self.opts["G"], self.opts["D"], real, cfg.z_dim,
+                                  cfg.d_steps, cfg.g_steps, self.tricks, procs.reduce, procs.mean, self.T, self.lecam)
+            checks = weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
+        if "G_ema" in self.nets:
+            ema_update(self.nets["G_ema"], self.nets["G"], ema_beta(pos.iteration))
+        return self.regularised(stats, real.shape[0]), checks
 
     def sync(self):
         if self.stale:
@@ -328,10 +405,12 @@ class BCEMethod(Method):
             self.stale = False
 
     def state(self, pos):
-        return self.tricks.state()  # options and counters (L2 coefficient, updates, skips)
+        # options and counters (L2 coefficient, updates, skips), ADA's p and LeCam's averages
+        return {**self.tricks.state(), **self.regularity_state()}
 
     def log_fields(self, stats):
-        return {"d_skips": self.tricks.d_skips, "g_skips": self.tricks.g_skips, "coef_l2": self.tricks.coef_l2}
+        return {"d_skips": self.tricks.d_skips, "g_skips": self.tricks.g_skips, "coef_l2": self.tricks.coef_l2,
+                **self.regularity_fields()}
 
     def describe(self):
         return f"batch {self.cfg.batch_size}, {super().describe()}"
@@ -339,6 +418,7 @@ class BCEMethod(Method):
     def plots(self, history, folder):
         super().plots(history, folder)
         plot_monitor(history, self.tricks.band(), os.path.join(folder, "monitor.png"))
+        self.plot_regularity(history, folder)
 
 
 # ----------------------------------------------------------------------------- VAE
@@ -434,7 +514,7 @@ class VAEGANMethod(Method):
     loss_label = "loss"
     headline = ("loss_E", "loss_D", "err_R", "err_F")
     DEFAULTS = dict(z_dim=100, optimizer="rmsprop", lr=3e-4, beta1=0.9, beta2=0.999, balance="equilibrium",
-                    gamma=1e-2)
+                    gamma=1e-2, augment="none")
     # lr: the reference's RMSProp starts at 0.02 per batch of 64 on summed losses, 3e-4 per image; it
     # anneals it over 150 epochs, which this constant rate does not.
 

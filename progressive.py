@@ -133,7 +133,7 @@ class ProgressiveMethod(Method):
     """
     sampler = "G_ema"
     loss_label = "WGAN-GP loss"
-    DEFAULTS = dict(z_dim=512, lr=1e-3, beta1=0.0, beta2=0.99, batch_sizes=BATCH_SIZES)
+    DEFAULTS = dict(z_dim=512, lr=1e-3, beta1=0.0, beta2=0.99, batch_sizes=BATCH_SIZES, augment="none", lecam=0.0)
     PHASE_KIMG = 100        # thousands of images per phase, except on the built-in faces: one epoch
 
     @classmethod

@@ -159,6 +159,15 @@ class TrainConfig:
                            "gamma L_llike - L_GAN (Larsen et al.'s gamma)", positive, applies="vaegan", trajectory=True)
     d_reconstructions: bool = setting(False, "D also classifies reconstructions as fakes, as the paper's "
                                       "Algorithm 1", applies="vaegan", trajectory=True)
+    augment: str = setting(None, "what D sees of every real and fake: none; diffaug: DiffAugment's color, "
+                           "translation and cutout; ada: ADA's mirror, translations, scale, rotation, brightness and "
+                           "contrast, each with a probability p that follows D's overfitting (augment.py)",
+                           choices=("none", "diffaug", "ada"), applies=("bce", "progressive", "vaegan"),
+                           trajectory=True)
+    lecam: float = setting(None, "weight of LeCam's regulariser on D (its outputs held near their moving averages; "
+                           "0: off)", at_least(0), applies=("bce", "progressive"), trajectory=True)
+    ema: bool = setting(None, "sample, evaluate and generate with an exponential moving average of G's weights "
+                        "(beta 0.999 with a warm-up); PG-GAN always does", applies="bce", trajectory=True)
     phase_kimg: float = setting(None, "thousands of images each new resolution fades in for, and as many it then "
                                 "stabilises for", positive, applies="progressive", trajectory=True)
     batch_sizes: str = setting(None, "RES:BATCH per resolution and process, smaller batches where images are "
@@ -174,6 +183,7 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 # Where the dataset is the 100 embedded faces: small enough to train in minutes on a CPU. The
 # batch is global there: each of N processes takes 1/N of it, so any N works on 100 images.
 EMBEDDED_DEFAULTS = dict(batch_size=64, epoch_images=6400, width=32, flip=True)
+SINCE = dict(augment="none", lecam=0.0, ema=False)   # settings added later: what checkpoints before them trained with
 TUTORIAL_DEFAULTS = dict(batch_size=128, epoch_images=None, width=64, flip=False)   # None: the dataset once
 
 
@@ -255,7 +265,8 @@ def resume_config(cfg, state, explicit, path):
     A setting given on the command line (in `explicit`; None means all) that differs from the
     checkpoint's raises ConfigError: the run could not continue the same way.
     """
-    old = {**asdict(TrainConfig()), **state["config"]}  # settings newer than the checkpoint: their defaults
+    # settings newer than the checkpoint: what runs did before them, else their defaults
+    old = {**asdict(TrainConfig()), **SINCE, **state["config"]}
     shaping = [name for name, f in FIELDS.items() if f.metadata["trajectory"]]
     for name in shaping:
         given = getattr(cfg, name)

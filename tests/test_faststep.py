@@ -9,7 +9,8 @@ import faststep
 import methods
 import network
 import train
-from balance import Tricks
+from augment import Augment
+from balance import LeCam, Tricks
 
 
 def setup(seed=1, size=16, width=8):
@@ -59,6 +60,34 @@ def test_static_step_equals_the_dygraph_step(d_steps, g_steps):
     want, have = state(*plain), state(*static)
     assert set(want) == set(have) and any(k.endswith("moment2_0") for k in want)
     for k in want:  # float32 sums in another order: about 1e-6 relative after 4 iterations
+        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("kind, p, lecam", [("diffaug", 0.0, None), ("ada", 0.7, None), ("none", 0.0, 0.5),
+                                             ("ada", 0.3, 0.3)])
+def test_static_step_equals_the_dygraph_step_with_augmentation_and_lecam(kind, p, lecam):
+    """The same T from the same seed, and LeCam's averages, on both paths (d_steps 2 draws more)."""
+    batch, d_steps, g_steps = 8, 2, 2
+    real = [paddle.uniform([batch, 3, 16, 16], min=-1, max=1) for _ in range(3)]
+    plain, static = setup(), setup()
+    eager_T, eager_lecam = Augment(kind, p), LeCam(lecam) if lecam else None
+    static_T, static_lecam = Augment(kind, p), LeCam(lecam) if lecam else None
+    step = faststep.FastStep("dcgan", plain[0].args, batch, 2e-4, 0.5, 0.999, d_steps, g_steps, static_T, static_lecam)
+    step.load(*static)
+    for i, x in enumerate(real):
+        paddle.seed(10 + i)
+        expected = methods.bce_iteration(*plain, x, 100, d_steps, g_steps, Tricks(), T=eager_T, lecam=eager_lecam)
+        paddle.seed(10 + i)
+        got = step(x)
+        got.pop("G_check"), got.pop("D_check")
+        assert set(got) == set(expected)
+        for k in expected:
+            assert got[k] == pytest.approx(expected[k], rel=1e-4, abs=1e-6), (i, k)
+    if lecam:
+        assert (static_lecam.real, static_lecam.fake) == pytest.approx((eager_lecam.real, eager_lecam.fake), rel=1e-4)
+    step.store(*static)
+    want, have = state(*plain), state(*static)
+    for k in want:
         np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 

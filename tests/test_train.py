@@ -59,7 +59,8 @@ def test_d_step_moves_only_D_and_g_step_moves_only_G():
     g0, d0 = weights(G), weights(D)
     fake = G(paddle.randn([4, 100]))
     stats = methods.d_step(D, opt_D, real, fake, Tricks())
-    assert set(stats) == {"loss_D", "D_real", "D_fake", "err_R", "err_F", "update_G"} and stats["update_G"]
+    assert set(stats) == {"loss_D", "D_real", "D_fake", "err_R", "err_F", "update_G", "sign_real"} and stats["update_G"]
+    assert -1 <= stats["sign_real"] <= 1
     assert stats["loss_D"] == pytest.approx(stats["err_R"] + stats["err_F"]) and stats["loss_D"] > 0
     assert 0 < stats["D_real"] < 1 and 0 < stats["D_fake"] < 1
     assert changed(g0, G) == set() and changed(d0, D) == set(d0)
