@@ -498,7 +498,8 @@ class VAEGANMethod(Method):
       reaches G only through D's BatchNorm, since reals and fakes are one batch there, as in the reference.
       GAN gradients do not reach E;
     - D minimises 0.5 BCE(D(x), real) + 0.5 BCE(D(G(z_p)), fake), reals and fakes as one batch; with
-      --d-reconstructions the fakes also include the reconstructions G(z), z not differentiated (see below);
+      --d-reconstructions the fakes also include the reconstructions G(z), z not differentiated (see below).
+      With --augment D sees T of that batch (augment.py); L_llike's features stay those of the images;
     - the balancing rule (--balance equilibrium, the reference's; margin, the Torch blog's; none) decides
       on err_R and err_F whether D and G step. E always steps. A skipped G skips its whole update, as the
       reference's `dec_update` does.
@@ -538,6 +539,7 @@ class VAEGANMethod(Method):
 
     def load_state(self, state):
         self.tricks = self.tricks.continued(state)
+        self.load_regularity(state)
 
     def start(self, pos, device):
         self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world, plain=True)
@@ -566,7 +568,7 @@ class VAEGANMethod(Method):
         if cfg.d_reconstructions:
             z_fake = paddle.concat([z.detach(), z_fake])
         fake = G(z_fake)
-        logits = D(paddle.concat([real, scale_gradient(fake, -2.0)]))
+        logits = D(self.T(paddle.concat([real, scale_gradient(fake, -2.0)])))   # T: one draw per image
         err_real = _bce(logits[:n], paddle.ones([n]))
         err_fake = _bce(logits[n:], paddle.zeros([logits.shape[0] - n]))
         (0.5 * err_real + 0.5 * err_fake).backward()
@@ -581,14 +583,15 @@ class VAEGANMethod(Method):
                  "loss_G": cfg.gamma * float(llike) - float(err_real + err_fake),
                  "loss_D": float(0.5 * err_real + 0.5 * err_fake),
                  "err_R": float(err_real), "err_F": float(err_fake),
-                 "D_real": float(probs[:n].mean()), "D_fake": float(probs[n:].mean())}
-        return stats, weight_checks(self.nets)
+                 "D_real": float(probs[:n].mean()), "D_fake": float(probs[n:].mean()),
+                 "sign_real": float(paddle.sign(logits[:n]).mean())}
+        return self.regularised(stats, n), weight_checks(self.nets)
 
     def state(self, pos):
-        return self.tricks.state()
+        return {**self.tricks.state(), **self.regularity_state()}
 
     def log_fields(self, stats):
-        return {"d_skips": self.tricks.d_skips, "g_skips": self.tricks.g_skips}
+        return {"d_skips": self.tricks.d_skips, "g_skips": self.tricks.g_skips, **self.regularity_fields()}
 
     def summary(self, record):
         return f", skipped D {record['d_skips']}, G {record['g_skips']}"
@@ -597,3 +600,4 @@ class VAEGANMethod(Method):
         plot_curves(history, {"kl": "KL to N(0, I)", "llike": "L_llike: reconstruction error on D's features"},
                     "per-image loss", os.path.join(folder, "loss.png"))
         plot_monitor(history, self.tricks.band(), os.path.join(folder, "monitor.png"), gen=None)  # loss_G: no BCE
+        self.plot_regularity(history, folder)

@@ -12,8 +12,9 @@ recipe that train.py --arch pggan runs with them (network.ARCHITECTURES names it
 - WGAN-GP: D loss = D(fake) - D(real) + 10 (||grad D(x_hat)|| - 1)^2 + 0.001 D(real)^2 with
   x_hat = lerp(real, fake, u), u ~ U[0, 1] per image; G loss = -D(G(z)). Adam lr 1e-3, betas
   (0, 0.99), eps 1e-8, one D step per G step; fresh optimizer state when a phase starts.
-- G's exponential moving average (beta 0.999, with TensorFlow's warm-up for short runs) is
-  what sample grids and generator.py draw with.
+- G's exponential moving average (methods.ema_update: beta 0.999, with TensorFlow's warm-up for
+  short runs) is what sample grids and generator.py draw with.
+- With --augment, D sees T(real) and T(fake) (augment.py), and the gradient penalty is taken between them.
 
 Example:
     res, alpha, phase = stage(images_seen=9000, phase_images=6000, size=32)   # (8, 0.5, 1)
@@ -24,12 +25,11 @@ import paddle
 import network
 from balance import make_optimizer
 from control import weight_checks
-from methods import Method, choose_step, frozen, update
+from methods import Method, choose_step, ema_beta, ema_update, frozen, same, update
 from network import downsample, upsample
 from runtime import ConfigError
 
 GP_WEIGHT, DRIFT = 10.0, 0.001   # the official loss weights
-EMA_BETA = 0.999
 BATCH_SIZES = "4:32,8:32,16:16,32:16,64:16"  # CPU-sized: more updates per phase than the official 4:128 ... 64:16
 
 
@@ -87,24 +87,14 @@ def gradient_penalty(D, real, fake):
     return GP_WEIGHT * ((norm - 1.0) ** 2).mean()
 
 
-def ema_beta(updates, beta=EMA_BETA):
-    """The moving average's beta after `updates` G updates: 0.999, warming up as TensorFlow's
-    ExponentialMovingAverage does, min(beta, (1 + t) / (10 + t)), so that a short run's average
-    is not mostly its random initial weights (0.999 ** 800 = 0.45)."""
-    return min(beta, (1 + updates) / (10 + updates))
-
-
-def ema_update(G_ema, G, beta=EMA_BETA):
-    """G_ema <- beta G_ema + (1 - beta) G, parameter by parameter."""
-    with paddle.no_grad():
-        for e, p in zip(G_ema.parameters(), G.parameters()):
-            e.set_value(e * beta + p * (1.0 - beta))
-
-
-def iteration(G, D, G_ema, opt_G, opt_D, real, z_dim, res, alpha, updates, reduce=None):
+def iteration(G, D, G_ema, opt_G, opt_D, real, z_dim, res, alpha, updates, reduce=None, T=same, lecam=None):
     """One D step and one G step of WGAN-GP at (res, alpha); returns the numbers for the log.
 
-    `updates`: G updates before this one, for the moving average's warm-up.
+    `updates`: G updates before this one, for the moving average's warm-up. D sees T(real) and T(fake)
+    (augment.py) and the gradient penalty is taken between those: D is only ever asked for its
+    outputs on augmented images, so that is where its slope must be held near 1; the penalty's
+    lines then run between the two distributions D actually compares, as WGAN-GP's argument asks.
+    `lecam` (balance.LeCam) adds its term to D's loss.
     """
     for net in (G, D, G_ema):
         net.set_stage(res, alpha)
@@ -112,17 +102,23 @@ def iteration(G, D, G_ema, opt_G, opt_D, real, z_dim, res, alpha, updates, reduc
     n = real.shape[0]
     with paddle.no_grad():
         fake = G(paddle.randn([n, z_dim]))
+    real, fake = T(real), T(fake)
     score_real, score_fake = D(real), D(fake)
     gp = gradient_penalty(D, real, fake)
     wasserstein = score_fake.mean() - score_real.mean()
     loss_D = wasserstein + gp + DRIFT * (score_real * score_real).mean()
-    update(opt_D, loss_D, reduce)
+    reg = lecam(score_real, score_fake) if lecam else None
+    update(opt_D, loss_D if reg is None else loss_D + reg, reduce)
     with frozen(D):  # G's update needs no D weight gradients
-        loss_G = -D(G(paddle.randn([n, z_dim]))).mean()
+        loss_G = -D(T(G(paddle.randn([n, z_dim])))).mean()
         update(opt_G, loss_G, reduce)
     ema_update(G_ema, G, ema_beta(updates))
-    return {"loss_D": float(loss_D), "loss_G": float(loss_G), "gp": float(gp), "wasserstein": float(-wasserstein),
-            "D_real": float(score_real.mean()), "D_fake": float(score_fake.mean())}
+    stats = {"loss_D": float(loss_D), "loss_G": float(loss_G), "gp": float(gp), "wasserstein": float(-wasserstein),
+             "D_real": float(score_real.mean()), "D_fake": float(score_fake.mean()),
+             "sign_real": float(paddle.sign(score_real).mean())}
+    if reg is not None:
+        stats["lecam"] = float(reg)
+    return stats
 
 
 class ProgressiveMethod(Method):
@@ -156,9 +152,7 @@ class ProgressiveMethod(Method):
 
     def __init__(self, cfg, arch, size, procs):
         super().__init__(cfg, arch, size, procs)
-        G_ema = network.build_net(arch, "G", self.args)
-        G_ema.set_state_dict(self.nets["G"].state_dict())
-        self.nets["G_ema"] = G_ema
+        self.average_G()
         self.new_optimizers()
         self.size, self.phase_images = size, max(1, round(cfg.phase_kimg * 1000))
 
@@ -195,18 +189,26 @@ class ProgressiveMethod(Method):
             self.new_optimizers()
             self.phase = phase
         stats = iteration(self.G_run, self.D_run, self.nets["G_ema"], self.opts["G"], self.opts["D"], real,
-                          self.cfg.z_dim, res, alpha, pos.iteration, self.procs.reduce)
-        return dict(stats, res=res, alpha=round(alpha, 4)), weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
+                          self.cfg.z_dim, res, alpha, pos.iteration, self.procs.reduce, self.T, self.lecam)
+        stats = self.regularised(dict(stats, res=res, alpha=round(alpha, 4)), real.shape[0])
+        return stats, weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
 
     def state(self, pos):
-        return {"stage": dict(zip(("res", "alpha", "phase"), self.at(pos.images_seen)))}
+        return {"stage": dict(zip(("res", "alpha", "phase"), self.at(pos.images_seen))), **self.regularity_state()}
+
+    def load_state(self, state):
+        self.load_regularity(state)
 
     def stage(self, pos):
         res, alpha, _ = self.at(pos.images_seen)
         return {"res": res, "alpha": alpha}
 
     def log_fields(self, stats):
-        return {"res": stats["res"], "alpha": stats["alpha"]}
+        return {"res": stats["res"], "alpha": stats["alpha"], **self.regularity_fields()}
+
+    def plots(self, history, folder):
+        super().plots(history, folder)
+        self.plot_regularity(history, folder)
 
     def summary(self, record):
         return f", {record['res']}x{record['res']} alpha {record['alpha']:.2f}"

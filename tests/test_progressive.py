@@ -7,6 +7,7 @@ import pytest
 
 import checkpoint
 import generator
+import methods
 import network
 import progressive
 import train
@@ -118,14 +119,14 @@ def test_moving_average():
     G, _ = nets(0)
     G_ema, _ = nets(1)
     before = [p.numpy().copy() for p in G_ema.parameters()]
-    progressive.ema_update(G_ema, G, beta=0.9)
+    methods.ema_update(G_ema, G, beta=0.9)
     for b, e, p in zip(before, G_ema.parameters(), G.parameters()):
         np.testing.assert_allclose(e.numpy(), 0.9 * b + 0.1 * p.numpy(), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("updates, expected", [(0, 0.1), (8, 0.5), (90, 0.91), (10_000, 0.999)])
 def test_moving_average_warms_up(updates, expected):
-    assert progressive.ema_beta(updates) == pytest.approx(expected)
+    assert methods.ema_beta(updates) == pytest.approx(expected)
 
 
 def test_batch_size_table():
