@@ -3,7 +3,8 @@
 The metrics are metrics.py's: the multi-scale sliced Wasserstein distance (SWD x 1e3, lower is
 closer to the data), MS-SSIM of consecutive pairs (lower is more varied; the real set's value is
 printed beside it) and near-copies of training faces (nearer than half the typical gap between
-two training faces).
+two training faces). With --nearest N, nearest.png shows N generated faces, each above the training
+face nearest to it: the check a person trusts against memorisation on a small dataset.
 
 The trained G, the same network untrained, and the real floor are compared on equal numbers
 of images: --num, at most half the dataset.
@@ -12,6 +13,7 @@ Examples:
     python evaluate.py                                         # output/checkpoint.pdparams on data/
     python evaluate.py --checkpoint runs/celeba/checkpoint.pdparams --data data/celeba64 --num 2000
     python evaluate.py --num 50 --out metrics.json --seed 1
+    python evaluate.py --nearest 32                            # and nearest.png beside the checkpoint
 """
 import os
 import sys
@@ -21,9 +23,9 @@ import numpy as np
 
 import runtime  # before Paddle: thread and MKL settings; the --device option
 from checkpoint import CheckpointError
-from facedata import DatasetError, FaceDataset, write_json
+from facedata import DatasetError, FaceDataset, grid_scale, make_grid, write_json, write_png
 from generator import generate, load_generator, untrained_like
-from metrics import diversity, memorization, swd
+from metrics import diversity, memorization, nearest_faces, swd
 from options import at_least, build_parser, option, parse, refusing
 
 
@@ -35,6 +37,8 @@ class EvalConfig:
     seed: int = option(0, "fixes the noise, patches, directions and the split")
     out: str = option(None, "metrics JSON (default: metrics.json beside the checkpoint)")
     device: str = option("auto", runtime.DEVICE_HELP, choices=runtime.DEVICES)
+    nearest: int = option(0, "also write nearest.png beside --out: this many of the generated faces, each above "
+                          "its nearest training face (mirrors included); 0: none", at_least(0))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -60,9 +64,32 @@ def evaluate(cfg):
         rows[name] = {"swd_x1e3": mean, "swd_x1e3_per_size": per_level, "ms_ssim": diversity(images)}
     for name, images in fakes.items():
         rows[name]["memorization"] = memorization(images, dataset.images, seed=cfg.seed)
+    if cfg.nearest:
+        write_nearest(nearest_path(cfg), generate(G, cfg.nearest, cfg.seed), dataset.images)
     return {"checkpoint": os.path.abspath(cfg.checkpoint), "epoch": state.get("epoch"),
             "iteration": state.get("iteration"), "data": os.path.abspath(cfg.data), "size": size,
             "images_per_set": n, "results": rows, "config": asdict(cfg)}
+
+
+def out_path(cfg):
+    return cfg.out or os.path.join(os.path.dirname(cfg.checkpoint) or ".", "metrics.json")
+
+
+def nearest_path(cfg):
+    return os.path.join(os.path.dirname(out_path(cfg)) or ".", "nearest.png")
+
+
+def write_nearest(path, fakes, train, per_row=8):
+    """A PNG of strips: a row of generated faces, under it the training face nearest each one."""
+    near = nearest_faces(fakes, train)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    strips = [np.concatenate([fakes[i:i + per_row], near[i:i + per_row]]) for i in range(0, len(fakes), per_row)]
+    if len(fakes) > per_row and len(fakes) % per_row:  # a short last strip: pad its two rows to full width
+        short = len(fakes) % per_row
+        blank = np.full((per_row - short, *fakes.shape[1:]), 255, np.uint8)
+        strips[-1] = np.concatenate([fakes[-short:], blank, near[-short:], blank])
+    cols = min(per_row, len(fakes))
+    write_png(path, make_grid(np.concatenate(strips), ncols=cols), scale=grid_scale(fakes.shape[1]))
 
 
 def table(metrics):
@@ -84,13 +111,14 @@ def main(argv=None):
     with refusing(parser, CheckpointError, runtime.ConfigError, DatasetError):
         runtime.select_device(cfg.device)
         metrics = evaluate(cfg)
-    out = cfg.out or os.path.join(os.path.dirname(cfg.checkpoint) or ".", "metrics.json")
+    out = out_path(cfg)
     write_json(out, metrics)
     print(f"{metrics['size']}x{metrics['size']}, {metrics['images_per_set']} images per set, "
           f"checkpoint at epoch {metrics['epoch']} (SWD x 1e3: lower is closer to the data; "
           f"MS-SSIM: lower is more varied; copies: nearer a training face than half the typical gap)")
     print(table(metrics))
-    print(f"wrote {out}", file=sys.stderr)
+    print(f"wrote {out}" + (f" and {nearest_path(cfg)} (generated faces above their nearest training faces)"
+                           if cfg.nearest else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":

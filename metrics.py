@@ -203,6 +203,27 @@ def nearest_distances(queries, references, skip=None, chunk=4096):
     return np.sqrt(np.maximum(best, 0))
 
 
+def nearest_faces(fakes, train, chunk=4096):
+    """For each fake, its nearest training image (mirrors included, compared as memorization compares):
+    uint8 N x H x W x 3, shown as it is nearest (mirrored where its mirror is)."""
+    side = min(MEMO_SIZE, fakes.shape[1])
+    queries = _small(fakes, side)
+    q2 = (queries ** 2).sum(axis=1)
+    best = np.full(len(queries), np.inf, np.float32)
+    found = np.zeros(len(fakes), int)
+    mirrored = np.zeros(len(fakes), bool)
+    for start in range(0, len(train), chunk):
+        part = np.asarray(train[start:start + chunk])
+        for flip, rows in ((False, _small(part, side)), (True, _small(part[:, :, ::-1], side))):
+            d2 = q2[:, None] + (rows ** 2).sum(axis=1)[None, :] - 2 * queries @ rows.T
+            closer = d2.min(axis=1) < best
+            best = np.where(closer, d2.min(axis=1), best)
+            found = np.where(closer, start + d2.argmin(axis=1), found)
+            mirrored = np.where(closer, flip, mirrored)
+    picked = np.asarray(train[found])
+    return np.where(mirrored[:, None, None, None], picked[:, :, ::-1], picked)
+
+
 def memorization(fakes, train, seed=0, sample=2000, chunk=4096):
     """Near-copies among `fakes`: distance to the nearest training image (mirrors included),
     against the typical distance from a training image to its nearest other one.

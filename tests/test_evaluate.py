@@ -2,6 +2,7 @@
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -93,6 +94,20 @@ def test_cli_scores_a_trained_checkpoint_below_its_untrained_network(lfw8, tmp_p
     assert metrics["images_per_set"] == 40 and metrics["size"] == 8
     assert rows["trained"]["swd_x1e3"] < rows["untrained"]["swd_x1e3"]
     assert rows["trained"]["ms_ssim"] < rows["untrained"]["ms_ssim"]
+    assert not (tmp_path / "nearest.png").exists()
+    result = run_script("evaluate.py", "--checkpoint", checkpoint, "--data", lfw8, "--num", 40, "--nearest", 10,
+                        "--out", tmp_path / "again" / "m.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    grid = cv2.imread(str(tmp_path / "again" / "nearest.png"))
+    # 10 faces of 8 px, 8 to a strip: 2 strips of 2 rows (faces, their nearest), 8 columns; cells of 10 px, x8
+    assert grid.shape == ((4 * 10 + 2) * 8, (8 * 10 + 2) * 8, 3)
+
+
+def test_nearest_faces_finds_training_faces_and_their_mirrors(faces):
+    fakes = np.concatenate([faces[3:5], faces[7:8, :, ::-1], np.clip(faces[9:10].astype(int) + 3, 0, 255)])
+    near = metrics.nearest_faces(fakes.astype(np.uint8), faces[:50], chunk=16)
+    np.testing.assert_array_equal(near[:3], fakes[:3])                # itself, as shown (mirrored where it is)
+    np.testing.assert_array_equal(near[3], faces[9])                   # a brighter copy: the face it copies
 
 
 def test_train_records_swd_when_asked(lfw8, tmp_path):
