@@ -241,7 +241,14 @@ class Method:
 
     def describe(self):
         """The settings that the start-of-run line shows."""
-        return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in self.args.items() if k != "size")
+        return ", ".join([f"{k.replace('_', '-')} {v}" for k, v in self.args.items() if k != "size"]
+                         + self.regularity_words())
+
+    def regularity_words(self):
+        """The start-of-run line's words for --augment, --lecam and G's moving average."""
+        return ([f"augment {self.T.kind}"] if self.T.active else []) + (
+            [f"lecam {self.lecam.weight:g}"] if self.lecam else []) + (
+            ["sampling G's moving average"] if self.sampler == "G_ema" else [])
 
     def plots(self, history, folder):
         """Write the method's PNGs of the loss records in `history` into `folder`."""

@@ -215,4 +215,5 @@ class ProgressiveMethod(Method):
 
     def describe(self):
         channels = "/".join(str(c) for c in self.nets["G"].nf.values())
-        return f"batches {self.cfg.batch_sizes}, {self.cfg.phase_kimg:g}k images per phase, channels {channels}"
+        return ", ".join([f"batches {self.cfg.batch_sizes}", f"{self.cfg.phase_kimg:g}k images per phase",
+                          f"channels {channels}"] + self.regularity_words())

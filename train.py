@@ -41,6 +41,7 @@ Examples:
     python train.py --real-label 0.9 --flip-labels 0.05 --balance l2 --out runs/tricks
     python train.py --arch pggan --size 32 --out runs/pggan      # progressive growing, 4 -> 32
     python train.py --arch vaegan --out runs/vaegan              # the VAE/GAN, with the equilibrium rule
+    python train.py --augment ada --lecam 0.1 --ema --out runs/ada   # augmentation D cannot leak (augment.py)
 """
 import os
 import sys
