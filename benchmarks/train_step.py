@@ -74,7 +74,8 @@ def measure(cfg):
             step()
         rates.append(cfg.steps * cfg.batch / (time.perf_counter() - t))
     return {"framework": "paddle", "mode": "train", "arch": cfg.arch, "size": cfg.size, "batch": cfg.batch,
-            "g_steps": cfg.g_steps, "augment": cfg.augment, "lecam": cfg.lecam, "ema": cfg.ema, "img_per_s": round(statistics.median(rates), 2),
+            "g_steps": cfg.g_steps, "augment": cfg.augment, "lecam": cfg.lecam, "ema": cfg.ema,
+            "img_per_s": round(statistics.median(rates), 2),
             "threads": os.environ.get("OMP_NUM_THREADS"), "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE"),
             "path": path, "device": device, "paddle": paddle.__version__}
 
