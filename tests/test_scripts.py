@@ -12,8 +12,8 @@ SCRIPTS = ["pretreat.py", "dataReader.py", "weightInit.py", "network.py", "train
 
 def test_importing_the_scripts_creates_nothing_and_starts_nothing(tmp_path):
     code = ("import sys, threading; sys.path.insert(0, sys.argv[1]); "
-            "import pretreat, dataReader, facedata, weightInit, network, balance, checkpoint, control, faststep, logs, "
-            "methods, metrics, progressive, runtime, train, generator, evaluate; "
+            "import pretreat, dataReader, facedata, weightInit, network, augment, balance, checkpoint, control, "
+            "faststep, logs, methods, metrics, progressive, runtime, train, generator, evaluate; "
             "print(threading.active_count())")
     result = subprocess.run([sys.executable, "-c", code, ROOT], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
