@@ -23,8 +23,9 @@ sees it. G is never trained towards transformed faces: what T changes, it change
   reference also upsamples through a wavelet filter against aliasing, which this leaves out).
   p follows AdaController: r_t = E[sign(D(real))] over 4 minibatches, target 0.6.
 
-Colour changes can leave [-1, 1]; the result is clipped back into the images' range, so D sees
-what an image could be. Where a pixel is clipped, that draw passes it no gradient.
+Colour changes can leave [-1, 1]; the result is clipped back into the images' range once, at the
+end, so D sees what an image could be (the reference does not clip). Where a pixel is clipped, that
+draw passes it no gradient.
 
 The random numbers are drawn as numpy arrays from Paddle's global generator (`draw`), and
 `apply` is Paddle ops only, so the eager step and faststep.py's static program (which feeds the
@@ -76,7 +77,8 @@ def diffaug_draw(n, size):
     return {"brightness": (colour[:, 0] - 0.5).reshape(n, 1, 1, 1),
             "saturation": (colour[:, 1] * 2).reshape(n, 1, 1, 1),
             "contrast": (colour[:, 2] + 0.5).reshape(n, 1, 1, 1),
-            "rows": shift_matrices(moves[:, 0], size), "cols": shift_matrices(moves[:, 1], size).transpose(0, 2, 1),
+            "rows": shift_matrices(moves[:, 0], size).repeat(3, axis=0),     # one per image and channel
+            "cols": shift_matrices(moves[:, 1], size).transpose(0, 2, 1),
             "mask": mask[:, None]}
 
 
@@ -106,18 +108,20 @@ def ada_draw(n, size, p):
 # ----------------------------------------------------------------------------- T (Paddle ops)
 
 def diffaug_apply(x, d):
-    """DiffAugment's color, translation and cutout of images `x` [N, C, S, S] with the numbers `d`."""
-    x = paddle.clip(x + d["brightness"], -1.0, 1.0)
+    """DiffAugment's color, translation and cutout of images `x` [N, 3, S, S] with the numbers `d`."""
+    x = x + d["brightness"]
     mean = x.mean(axis=1, keepdim=True)
-    x = paddle.clip((x - mean) * d["saturation"] + mean, -1.0, 1.0)
+    x = (x - mean) * d["saturation"] + mean
     mean = x.mean(axis=[1, 2, 3], keepdim=True)
-    x = paddle.clip((x - mean) * d["contrast"] + mean, -1.0, 1.0)
-    # out[i, j] = x[i + dy, j + dx], 0 outside: a shift matrix on each side (exact, differentiable, no gather).
-    # paddle.mm of 3-d batches, not matmul: Paddle 3 builds matmul into PIR programs only, not faststep.py's.
+    x = (x - mean) * d["contrast"] + mean
+    # out[i, j] = x[i + dy, j + dx], 0 outside: a shift matrix on each side (exact, differentiable, no gather):
+    # rows per image and channel, [N*3, S, S] @ [N*3, S, S], then columns, [N, 3*S, S] @ [N, S, S]. paddle.mm
+    # of equal 3-d batches: Paddle 3 builds matmul (and its broadcasting) into PIR programs only.
     n, c, h, w = x.shape
-    x = paddle.mm(d["rows"], x.transpose([0, 2, 1, 3]).reshape([n, h, c * w]))          # rows: [N, H, C*W]
-    x = paddle.mm(x.reshape([n, h, c, w]).transpose([0, 2, 1, 3]).reshape([n, c * h, w]), d["cols"])
-    return x.reshape([n, c, h, w]) * d["mask"]
+    x = paddle.mm(d["rows"], x.reshape([n * c, h, w]))
+    x = paddle.mm(x.reshape([n, c * h, w]), d["cols"]).reshape([n, c, h, w])
+    # translation and cutout fill with 0 and keep the range: one clip for the colour ops is enough
+    return paddle.clip(x * d["mask"], -1.0, 1.0)
 
 
 def grid_sample(x, grid):

@@ -31,7 +31,7 @@ def diffaug_numbers(n, size, **overrides):
     """DiffAugment's numbers for the identity, with some of them replaced."""
     eye = np.repeat(np.eye(size, dtype=np.float32)[None], n, 0)
     ones = np.ones((n, 1, 1, 1), np.float32)
-    numbers = {"brightness": 0 * ones, "saturation": ones, "contrast": ones, "rows": eye, "cols": eye,
+    numbers = {"brightness": 0 * ones, "saturation": ones, "contrast": ones, "rows": eye.repeat(3, axis=0), "cols": eye,
                "mask": np.ones((n, 1, size, size), np.float32)}
     return {k: paddle.to_tensor(v) for k, v in {**numbers, **overrides}.items()}
 
@@ -58,7 +58,7 @@ def test_translation_matches_the_references_gather_and_fills_with_0():
     """DiffAugment_pytorch.py's rand_translation: out[i, j] = x[i + dy, j + dx] of x padded with zeros."""
     x = faces(3, 8)
     moves = np.array([[1, -1], [-1, 0], [0, 1]])
-    numbers = diffaug_numbers(3, 8, rows=augment.shift_matrices(moves[:, 0], 8),
+    numbers = diffaug_numbers(3, 8, rows=augment.shift_matrices(moves[:, 0], 8).repeat(3, axis=0),
                               cols=augment.shift_matrices(moves[:, 1], 8).transpose(0, 2, 1))
     got = augment.diffaug_apply(x, numbers).numpy()
     padded = np.pad(x.numpy(), [(0, 0), (0, 0), (1, 1), (1, 1)])

