@@ -33,14 +33,17 @@ def run(name, flags, seed, runs, data):
     metrics = os.path.join(out, "metrics.json")
     timing = os.path.join(out, "train_seconds.txt")
     data_flags = ["--data", data] if data else []
-    if not os.path.exists(metrics):
+    if not os.path.exists(metrics):  # the scripts' own output goes to their stderr (progress) and to RUN/*.txt
+        os.makedirs(out, exist_ok=True)
         start = time.perf_counter()
-        subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *flags, *data_flags, "--seed", str(seed),
-                        "--out", out], check=True)
+        with open(os.path.join(out, "train.txt"), "w") as log:
+            subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *flags, *data_flags, "--seed", str(seed),
+                            "--out", out], check=True, stdout=log)
         with open(timing, "w") as f:
             f.write(f"{time.perf_counter() - start:.1f}\n")
-        subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--checkpoint",
-                        os.path.join(out, "checkpoint.pdparams"), *data_flags], check=True)
+        with open(os.path.join(out, "evaluate.txt"), "w") as log:
+            subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--checkpoint",
+                            os.path.join(out, "checkpoint.pdparams"), *data_flags], check=True, stdout=log)
     with open(metrics) as f:
         result = json.load(f)
     seconds = float(open(timing).read()) if os.path.exists(timing) else None

@@ -34,3 +34,35 @@ def test_generate_benchmark_prints_one_json_line(tmp_path):
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout.strip())
     assert line["mode"] == "generate" and line["img_per_s"] > 0
+
+
+def test_train_step_benchmark_takes_the_augmentation(tmp_path):
+    result = run_script("benchmarks/train_step.py", "--size", 16, "--batch", 4, "--width", 8, "--steps", 1,
+                        "--warmup", 0, "--repeats", 1, "--device", "cpu", "--augment", "diffaug", "--lecam", 0.1,
+                        "--ema", 1, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip())
+    assert (line["augment"], line["lecam"], line["ema"], line["path"]) == ("diffaug", 0.1, 1, "static")
+
+
+def test_recipes_trains_evaluates_and_tables_each_recipe_once(lfw8, tmp_path):
+    args = ["--runs", tmp_path / "runs", "--data", lfw8, "--seeds", "0,1",
+            "--recipe", "plain=--epochs 1 --epoch-images 64 --batch-size 16 --width 8 --device cpu",
+            "--recipe", "diffaug=--epochs 1 --epoch-images 64 --batch-size 16 --width 8 --device cpu --augment diffaug"]
+    result = run_script("benchmarks/recipes.py", *args, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    rows = [json.loads(line) for line in lines[:2]]
+    assert [r["recipe"] for r in rows] == ["plain", "diffaug"] and all(r["seeds"] == 2 for r in rows)
+    assert all(r["swd"]["min"] <= r["swd"]["median"] <= r["swd"]["max"] for r in rows)
+    assert lines[2].startswith("| recipe |") and "`--epochs 1" in lines[5]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["diffaug_s0", "diffaug_s1", "plain_s0", "plain_s1"]
+    stamp = (tmp_path / "runs" / "plain_s0" / "metrics.json").stat().st_mtime_ns
+    again = run_script("benchmarks/recipes.py", *args, cwd=tmp_path)   # done runs are not run again
+    assert again.returncode == 0 and again.stdout == result.stdout
+    assert (tmp_path / "runs" / "plain_s0" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_recipes_refuses_a_recipe_without_a_name(tmp_path):
+    result = run_script("benchmarks/recipes.py", "--recipe", "--augment ada", cwd=tmp_path)
+    assert result.returncode == 2 and "NAME=FLAGS" in result.stderr.strip().splitlines()[-1]
