@@ -22,8 +22,12 @@ def expected():
 @pytest.mark.parametrize("name", sorted(reference.SCENARIOS))
 def test_reference_run_is_bit_identical(name, expected, lfw8, tmp_path):
     result = reference.record_apart(name, lfw8, str(tmp_path))
-    whole, resumed = result["whole"], result["resumed"]
     want = expected[name]
+    # state added since the recording (issue 14: ADA's p, LeCam's averages) is compared between the runs only
+    whole, added = reference.recorded_part(result["whole"], want["whole"])
+    assert added <= {"ada", "lecam"}, added
+    resumed, _ = reference.recorded_part(result["resumed"], want["whole"])
+    assert result["resumed"]["method"] == result["whole"]["method"]
     assert whole["position"] == want["whole"]["position"]
     assert whole["method"] == want["whole"]["method"]
     assert whole["log"] == want["whole"]["log"]
