@@ -177,6 +177,8 @@ class Method:
     def default_help(cls, name):
         """How --help states this method's default for setting `name`, or None when it decides none."""
         value = cls.DEFAULTS.get(name)
+        if isinstance(value, bool):
+            return "on" if value else "off"
         return None if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
     @classmethod

@@ -501,11 +501,15 @@ class Architecture:
     inference: bool = False    # Paddle Inference runs its G (generator.py's CPU path)
     size_problem: object = power_of_two_size   # size -> why it cannot be built at that size, or None
     defaults: dict = field(default_factory=dict)   # its own values for settings its method would choose
+    builtin: dict = field(default_factory=dict)    # its recipe on the 100 built-in faces, chosen by measurement
 
 
 ARCHITECTURES = {
+    # on the built-in faces: ADA, G's moving average and 12,800 images per epoch scored best of the recipes
+    # tried (README, "Augmentation, LeCam and G's average"; benchmarks/recipes.py re-runs the comparison)
     "dcgan": Architecture({"G": DCGANGenerator, "D": DCGANDiscriminator}, ("size", "z_dim", "width"), "bce",
-                          static_step=True, inference=True),
+                          static_step=True, inference=True,
+                          builtin=dict(augment="ada", ema=True, epoch_images=12800)),
     # Paddle Inference 3.3 stops at the nearest upsampling ("ConvertPirAttribute2RuntimeAttribute
     # not support"), and building a predictor for the PG-GAN G crashes the process (a segfault).
     "torchblog": Architecture({"G": TorchBlogGenerator, "D": TorchBlogDiscriminator}, ("size", "z_dim", "width"),

@@ -216,7 +216,8 @@ def resolve_defaults(cfg, manifest, world):
     if filled.get("epoch_images", 0) is None:
         filled["epoch_images"] = manifest["count"]
     method = METHODS[arch.method]
-    more = {**method.defaults(replace(cfg, **filled), embedded), **arch.defaults}   # the architecture's own win
+    more = {**method.defaults(replace(cfg, **filled), embedded), **arch.defaults,   # the architecture's own win,
+            **(arch.builtin if embedded else {})}                                   # its measured recipe most
     filled.update({k: v for k, v in more.items() if getattr(cfg, k) is None})
     if embedded and world > 1:
         filled = method.share_batches(filled, world)
@@ -246,6 +247,8 @@ def help_text(f):
         parts.append(next(iter(by_text)))
     else:
         parts += [f"{text} for {', '.join(names)}" for text, names in by_text.items()]
+    parts += [f"{shown(arch.builtin[f.name])} for {name} on the built-in faces"
+              for name, arch in network.ARCHITECTURES.items() if f.name in arch.builtin]
     scope = "" if len(users) == len(network.ARCHITECTURES) else f"{', '.join(users)}: "
     return scope + f.metadata["help"] + (f" (default: {'; '.join(parts)})" if parts else "")
 
