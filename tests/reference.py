@@ -31,9 +31,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 FIXTURE = os.path.join(HERE, "reference.json")
 
-# augment="none": what every architecture computed when recorded, whatever recipe it has since (issue 14)
+# augment="none", lecam=0: what every architecture computed when recorded, whatever recipe it has since (issue 14)
 COMMON = dict(epoch_images=64, log_every=1, sample_every=100, save_every=10, keep=20, device="cpu", seed=3,
-              augment="none")
+              augment="none", lecam=0.0)
 SCENARIOS = {
     "dcgan-static": dict(arch="dcgan", ema=False, epochs=5, batch_size=16, width=8, step="static"),
     "dcgan-dygraph": dict(arch="dcgan", ema=False, epochs=5, batch_size=16, width=8, step="dygraph"),
