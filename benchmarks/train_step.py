@@ -1,13 +1,20 @@
 """Training-step speed of one architecture as img/s, comparable with ../shared/bench/torch_reference.py.
 
-One step is what the reference times: D updated on a real and a fake batch, then G updated
---g-steps times (1, as the reference; train.py's default is the tutorial's 2). It runs the
-step train.py would run (--step auto: the static oneDNN program on the CPU where the
-architecture has one). Prints one JSON line with the median img/s of --repeats timings of
---steps steps each.
+One step is train.py's own iteration of the architecture's training method (what the
+reference times for dcgan, torchblog and pggan): for the GANs, D updated on a real and a fake
+batch, then G updated --g-steps times. It runs the step train.py would run (--step auto: the
+static oneDNN program on the CPU where the architecture has one). PG-GAN runs at its final
+resolution, stabilised, with its gradient penalty and moving average. Prints one JSON line with
+the median img/s of --repeats timings of --steps steps each.
+
+Sizes not given are the reference's: dcgan 64x64, width 64, batch 128, 1 G update; every other
+architecture as train.py trains it on the built-in faces (32x32, or the smallest size it
+builds; batch, width and G updates from train.py's defaults; pggan's batch from --batch-sizes).
 
 Examples:
     python benchmarks/train_step.py --arch dcgan --size 64 --batch 128
+    python benchmarks/train_step.py --arch torchblog            # 32x32, width 32, batch 64, 2 G updates
+    python benchmarks/train_step.py --arch pggan                # 32x32, batch 16, WGAN-GP + moving average
     python benchmarks/train_step.py --step dygraph     # Paddle's eager mode, for the ratio
     python benchmarks/train_step.py --size 32 --batch 64 --width 32 --g-steps 2 --augment diffaug   # the quick start's
     python benchmarks/versus_torch.py                  # this and the reference, alternately
@@ -19,7 +26,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,10 +41,10 @@ from control import Processes  # noqa: E402
 @dataclass
 class StepBenchConfig:
     arch: str = "dcgan"    # network family
-    size: int = 64         # image side
-    batch: int = 128       # images per batch
-    width: int = 64        # ngf = ndf, as the reference
-    g_steps: int = 1       # G updates per step (the reference does 1)
+    size: int = None       # image side (None: see the module docstring, as for the three below)
+    batch: int = None      # images per batch
+    width: int = None      # ngf = ndf, for the architectures that have a width
+    g_steps: int = None    # G updates per step, for the BCE GANs
     steps: int = 8         # steps per timing
     warmup: int = 2        # untimed steps first
     repeats: int = 3       # timings; the median is reported
@@ -48,22 +55,52 @@ class StepBenchConfig:
     ema: int = 0           # 1: as train.py --ema
 
 
+REFERENCE_SIZES = {"dcgan": dict(size=64, batch=128, width=64, g_steps=1)}   # torch_reference.py's dcgan
+
+
+def run_config(cfg):
+    """(train.TrainConfig of the benchmarked run, cfg with its None sizes filled); ConfigError for a wrong flag."""
+    arch = network.architecture(cfg.arch)
+    given = {k: v for k, v in vars(cfg).items() if v is not None}
+    if cfg.size is None:
+        given["size"] = REFERENCE_SIZES.get(cfg.arch, {}).get("size") or next(
+            s for s in (32, 64, 128, 256) if not arch.size_problem(s))
+    fields = dict(batch_size=given.get("batch", REFERENCE_SIZES.get(cfg.arch, {}).get("batch")),
+                  width=given.get("width", REFERENCE_SIZES.get(cfg.arch, {}).get("width")),
+                  g_steps=given.get("g_steps", REFERENCE_SIZES.get(cfg.arch, {}).get("g_steps")),
+                  augment=cfg.augment, lecam=cfg.lecam, ema=bool(cfg.ema))
+    fields = {k: v for k, v in fields.items() if train.applies(k, arch) and v is not None}
+    if cfg.batch is not None and not train.applies("batch_size", arch):   # PG-GAN: its final resolution's
+        fields["batch_sizes"] = f"4:{cfg.batch}"
+    asked = {"width": cfg.width is not None, "g_steps": cfg.g_steps is not None, "augment": cfg.augment != "none",
+             "lecam": cfg.lecam != 0, "ema": cfg.ema != 0}
+    wrong = [n for n, given_ in asked.items() if given_ and not train.applies(n, arch)]
+    if wrong:
+        raise runtime.ConfigError(f"--{wrong[0].replace('_', '-')} does not apply to --arch {cfg.arch}")
+    run = train.TrainConfig(arch=cfg.arch, size=given["size"], step=cfg.step, **fields)
+    train.check_settings(run, None)
+    run = train.resolve_defaults(run, {"embedded": cfg.arch not in REFERENCE_SIZES, "count": 100}, 1)
+    filled = {**given, "width": run.width if train.applies("width", arch) else None,
+              "g_steps": run.g_steps if train.applies("g_steps", arch) else None}
+    return run, StepBenchConfig(**filled)
+
+
 def measure(cfg):
     """Median img/s of cfg.repeats timings of cfg.steps training steps."""
     device = runtime.select_device(cfg.device)
-    run = train.TrainConfig(arch=cfg.arch, size=cfg.size, batch_size=cfg.batch, width=cfg.width, g_steps=cfg.g_steps,
-                            step=cfg.step, epoch_images=cfg.batch, augment=cfg.augment, lecam=cfg.lecam,
-                            ema=bool(cfg.ema))
-    run = train.resolve_defaults(run, {"count": cfg.batch}, 1)
+    run, cfg = run_config(cfg)
     paddle.seed(0)
     method = train.METHODS[network.architecture(cfg.arch).method](run, cfg.arch, cfg.size, Processes())
+    final = train.Position(images_seen=10 ** 12)  # PG-GAN: its last phase, stabilised; the others ignore it
+    most, batch_at, _ = method.batching(cfg.size)
+    cfg = replace(cfg, batch=batch_at(final.images_seen) if batch_at else most)
     method.T.p = 0.5  # ADA's transforms at work, as they are once D overfits
-    method.start(train.Position(), device)
+    method.start(final, device)
     path = method.path
     real = paddle.uniform([cfg.batch, 3, cfg.size, cfg.size], min=-1, max=1)
 
     def step():  # train.py's own iteration through the architecture's method; it returns floats: the work is done
-        method.step(real, train.Position())
+        method.step(real, final)
 
     for _ in range(cfg.warmup):
         step()
@@ -83,16 +120,19 @@ def measure(cfg):
 def main(argv=None):
     cfg = StepBenchConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, value in vars(cfg).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
-                            help=f"(default: {value})")
+    for name, f in StepBenchConfig.__dataclass_fields__.items():
+        value = getattr(cfg, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=f.type if value is None else type(value),
+                            default=value, help=f"(default: {'per architecture' if value is None else value})")
     cfg = StepBenchConfig(**vars(parser.parse_args(argv)))
     if cfg.step not in ("auto", "static", "dygraph"):
         parser.error(f"--step must be auto, static or dygraph, got {cfg.step!r}")
     if cfg.augment not in ("none", "diffaug", "ada"):
         parser.error(f"--augment must be none, diffaug or ada, got {cfg.augment!r}")
-    for name in ("size", "batch", "width", "steps", "repeats"):
-        if getattr(cfg, name) < 1:
+    if cfg.arch not in network.ARCHITECTURES:
+        parser.error(f"--arch must be one of {', '.join(network.ARCHITECTURES)}, got {cfg.arch!r}")
+    for name in ("size", "batch", "width", "g_steps", "steps", "repeats"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(cfg, name)}")
     try:
         print(json.dumps(measure(cfg)))

@@ -5,8 +5,13 @@ after the other, --rounds times, each in a fresh process, and prints one JSON li
 medians and the median of the per-round ratios Paddle / PyTorch. Needs `pip install
 torch==2.13.0` (never a dependency of this project).
 
+Sizes are the reference's defaults for each --arch (dcgan 64x64, batch 128; torchblog 32x32,
+width 32, batch 64, 2 G updates; pggan 32x32, batch 16, stabilised), which train_step.py shares.
+
 Examples:
     python benchmarks/versus_torch.py                          # DCGAN-64 training, batch 128
+    python benchmarks/versus_torch.py --arch torchblog         # the Torch blog's GAN on the built-in faces
+    python benchmarks/versus_torch.py --arch pggan --rounds 5
     python benchmarks/versus_torch.py --step dygraph           # Paddle's eager training step instead
     python benchmarks/versus_torch.py --mode generate --batch 64
 """
@@ -29,8 +34,11 @@ def run(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=["dcgan", "torchblog", "pggan"], default="dcgan",
+                        help="the architectures the reference has twins of (default: dcgan)")
     parser.add_argument("--mode", choices=["train", "generate"], default="train")
-    parser.add_argument("--batch", type=int, default=None, help="default: 128 to train, 64 to generate")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="default: the reference's (dcgan: 128 to train, 64 to generate)")
     parser.add_argument("--rounds", type=int, default=3, help="alternations (default: 3)")
     parser.add_argument("--step", choices=["auto", "static", "dygraph"], default="auto",
                         help="Paddle's training step, as train.py --step (default: auto)")
@@ -38,16 +46,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not os.path.exists(args.reference):
         parser.error(f"no PyTorch reference at {args.reference}: pass --reference PATH")
-    batch = args.batch or (128 if args.mode == "train" else 64)
+    if args.mode == "generate" and args.arch != "dcgan":
+        parser.error(f"--mode generate times dcgan only so far (benchmarks/generate.py has no --arch {args.arch})")
+    if args.batch is not None and args.batch < 1:
+        parser.error(f"--batch must be at least 1, got {args.batch}")
+    batch = args.batch or (None if args.arch != "dcgan" else 128 if args.mode == "train" else 64)
+    sizes = ["--batch", str(batch)] if batch else []
     ours = os.path.join(HERE, "train_step.py" if args.mode == "train" else "generate.py")
     steps = ["--steps", "8", "--step", args.step] if args.mode == "train" else ["--steps", "10"]
+    arch = ["--arch", args.arch] if args.mode == "train" else []
     paddle_runs, torch_runs = [], []
     for _ in range(args.rounds):
-        paddle_runs.append(run([ours, "--batch", str(batch), *steps, "--repeats", "1"]))
-        torch_runs.append(run([args.reference, args.mode, "--batch", str(batch), *steps[:2]]))
+        paddle_runs.append(run([ours, *arch, *sizes, *steps, "--repeats", "1"]))
+        torch_runs.append(run([args.reference, args.mode, *arch, *sizes, *steps[:2]]))
     p = [r["img_per_s"] for r in paddle_runs]
     t = [r["img_per_s"] for r in torch_runs]
-    print(json.dumps({"mode": args.mode, "batch": batch, "rounds": args.rounds,
+    print(json.dumps({"arch": args.arch, "mode": args.mode, "batch": paddle_runs[0]["batch"], "rounds": args.rounds,
                       "paddle_img_per_s": round(statistics.median(p), 2),
                       "torch_img_per_s": round(statistics.median(t), 2),
                       "ratio_paddle_over_torch": round(statistics.median(a / b for a, b in zip(p, t)), 3),

@@ -36,6 +36,37 @@ def test_generate_benchmark_prints_one_json_line(tmp_path):
     assert line["mode"] == "generate" and line["img_per_s"] > 0
 
 
+@pytest.mark.parametrize("arch, sizes, g_steps", [
+    ("torchblog", ["--size", 16, "--width", 8, "--batch", 4], 2),   # train.py's 2 G updates on the built-in faces
+    ("pggan", ["--size", 8, "--batch", 4], None),                   # at 8x8 stabilised, with its GP and average
+    ("vaegan", ["--size", 16, "--width", 8, "--batch", 4], None),
+    ("mlp", ["--size", 16], 1),                                     # its one image per update
+])
+def test_train_step_benchmark_times_every_architecture(arch, sizes, g_steps, tmp_path):
+    result = run_script("benchmarks/train_step.py", "--arch", arch, *sizes, "--steps", 1, "--warmup", 0,
+                        "--repeats", 1, "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip())
+    batch = sizes[sizes.index("--batch") + 1] if "--batch" in sizes else 1
+    assert (line["arch"], line["size"], line["batch"], line["g_steps"]) == (arch, sizes[1], batch, g_steps)
+    assert line["path"] == "dygraph" and line["img_per_s"] > 0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--arch", "pggan", "--width", 8], "--width does not apply to --arch pggan"),
+    (["--arch", "dcgn"], "--arch must be one of dcgan"),
+    (["--arch", "vae", "--augment", "ada"], "--augment does not apply to --arch vae"),
+])
+def test_train_step_benchmark_refuses_what_an_architecture_lacks(args, says, tmp_path):
+    result = run_script("benchmarks/train_step.py", *args, "--steps", 1, cwd=tmp_path)
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_versus_torch_refuses_generation_of_an_architecture_generate_py_lacks(tmp_path):
+    result = run_script("benchmarks/versus_torch.py", "--arch", "pggan", "--mode", "generate", cwd=tmp_path)
+    assert result.returncode == 2 and "--mode generate times dcgan only" in result.stderr
+
+
 def test_train_step_benchmark_takes_the_augmentation(tmp_path):
     result = run_script("benchmarks/train_step.py", "--size", 16, "--batch", 4, "--width", 8, "--steps", 1,
                         "--warmup", 0, "--repeats", 1, "--device", "cpu", "--augment", "diffaug", "--lecam", 0.1,
