@@ -61,28 +61,21 @@ REFERENCE_SIZES = {"dcgan": dict(size=64, batch=128, width=64, g_steps=1)}   # t
 def run_config(cfg):
     """(train.TrainConfig of the benchmarked run, cfg with its None sizes filled); ConfigError for a wrong flag."""
     arch = network.architecture(cfg.arch)
-    given = {k: v for k, v in vars(cfg).items() if v is not None}
-    if cfg.size is None:
-        given["size"] = REFERENCE_SIZES.get(cfg.arch, {}).get("size") or next(
-            s for s in (32, 64, 128, 256) if not arch.size_problem(s))
-    fields = dict(batch_size=given.get("batch", REFERENCE_SIZES.get(cfg.arch, {}).get("batch")),
-                  width=given.get("width", REFERENCE_SIZES.get(cfg.arch, {}).get("width")),
-                  g_steps=given.get("g_steps", REFERENCE_SIZES.get(cfg.arch, {}).get("g_steps")),
-                  augment=cfg.augment, lecam=cfg.lecam, ema=bool(cfg.ema))
-    fields = {k: v for k, v in fields.items() if train.applies(k, arch) and v is not None}
-    if cfg.batch is not None and not train.applies("batch_size", arch):   # PG-GAN: its final resolution's
-        fields["batch_sizes"] = f"4:{cfg.batch}"
-    asked = {"width": cfg.width is not None, "g_steps": cfg.g_steps is not None, "augment": cfg.augment != "none",
-             "lecam": cfg.lecam != 0, "ema": cfg.ema != 0}
-    wrong = [n for n, given_ in asked.items() if given_ and not train.applies(n, arch)]
-    if wrong:
-        raise runtime.ConfigError(f"--{wrong[0].replace('_', '-')} does not apply to --arch {cfg.arch}")
-    run = train.TrainConfig(arch=cfg.arch, size=given["size"], step=cfg.step, **fields)
-    train.check_settings(run, None)
+    sizes = {**REFERENCE_SIZES.get(cfg.arch, {}),
+             **{k: getattr(cfg, k) for k in ("size", "batch", "width", "g_steps") if getattr(cfg, k) is not None}}
+    size = sizes.get("size") or next(s for s in (32, 64, 128, 256) if not arch.size_problem(s))
+    given = dict(width=sizes.get("width"), g_steps=sizes.get("g_steps"), augment=None if cfg.augment == "none"
+                 else cfg.augment, lecam=cfg.lecam or None, ema=bool(cfg.ema) or None)
+    if "batch" in sizes and train.applies("batch_size", arch):
+        given["batch_size"] = sizes["batch"]
+    elif "batch" in sizes:   # PG-GAN has no --batch-size: the batch at every resolution, its final one's
+        given["batch_sizes"] = f"4:{sizes['batch']}"
+    given = {k: v for k, v in given.items() if v is not None}
+    run = train.TrainConfig(arch=cfg.arch, size=size, step=cfg.step, **given)
+    train.check_settings(run, None)   # what the architecture lacks is refused, as train.py refuses it
     run = train.resolve_defaults(run, {"embedded": cfg.arch not in REFERENCE_SIZES, "count": 100}, 1)
-    filled = {**given, "width": run.width if train.applies("width", arch) else None,
-              "g_steps": run.g_steps if train.applies("g_steps", arch) else None}
-    return run, StepBenchConfig(**filled)
+    return run, replace(cfg, size=size, width=run.width if train.applies("width", arch) else None,
+                        g_steps=run.g_steps if train.applies("g_steps", arch) else None)
 
 
 def measure(cfg):

@@ -26,7 +26,7 @@ def test_reference_run_is_bit_identical(name, expected, lfw8, tmp_path):
     # state added since the recording (issue 14: ADA's p, LeCam's averages) is compared between the runs only
     whole, added = reference.recorded_part(result["whole"], want["whole"])
     assert added <= {"ada", "lecam"}, added
-    resumed, _ = reference.recorded_part(result["resumed"], want["whole"])
+    resumed, _ = reference.recorded_part(result["resumed"], want["resumed"])
     assert result["resumed"]["method"] == result["whole"]["method"]
     assert whole["position"] == want["whole"]["position"]
     assert whole["method"] == want["whole"]["method"]
