@@ -9,6 +9,12 @@ its batch_norm_grad fails in these programs). G's first layer, a transposed conv
 1x1 input, runs as the one matrix product it is (Paddle's kernel does a matrix-vector product
 per sample), with the same parameter. Measured alternatives are in benchmarks/README.md.
 
+Any architecture whose ops the program can carry gets the step from `lower`, which rewrites the
+layers that have no static form or no fast kernel: nearest upsampling becomes a reshape and a
+broadcast, and dropout multiplies by a mask that the step draws from Paddle's generator before
+each run and feeds in, the numbers eager dropout would draw (so a seeded run drops the same
+units on both paths). Each rewrite is tested against the layer it replaces, forward and backward.
+
 The weights, BatchNorm statistics and Adam moments live in this step's own scope while it
 trains; `load` copies them in from the dygraph networks and optimizers, `store` copies them
 back (before samples, evaluation and checkpoints), so everything else in the project keeps
@@ -22,6 +28,7 @@ Example:
     stats = step(real_batch)            # {'loss_D', 'D_real', 'D_fake', 'err_R', 'err_F', 'loss_G', 'G_check', 'D_check'}
     step.store(G, D, opt_G, opt_D)
 """
+import functools
 import types
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
@@ -61,13 +68,60 @@ def _tanh_forward(self, x):
     return unary("tanh", x)
 
 
-def lower(net):
-    """Rewrite `net`'s layers in place for the static program (see the module docstring)."""
+def nearest_up2(x):
+    """Nearest-neighbour upsampling x2 as a reshape and a broadcast: each pixel repeated in a 2x2 block.
+
+    F.interpolate(x, scale_factor=2, mode="nearest") exactly (tests/test_faststep.py, forward and
+    backward); its gradient is a sum over each 2x2 block, where nearest_interp's is a scatter.
+    """
+    n, c, h, w = x.shape
+    return x.reshape([n, c, h, 1, w, 1]).expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
+
+
+def _upsample_forward(self, x):
+    return nearest_up2(x)
+
+
+def dropout_mask(shape, p):
+    """The scaled keep mask that Paddle's dropout draws for an input (or, for Dropout2D, a mask) of `shape`:
+    uniform numbers from the global generator, kept where >= p, times 1 / (1 - p). Drawn in eager mode
+    and fed to the program, so the static step drops what the eager step drops, from the same seed."""
+    keep = (paddle.uniform(shape, min=0.0, max=1.0) >= p).numpy().astype(np.float32)
+    return keep / (1.0 - p) if p < 1.0 else keep * 0.0
+
+
+def mask_shape(layer, x):
+    """The shape of the mask that dropout `layer` draws for `x`: one number per element, or per channel (2-D)."""
+    if isinstance(layer, nn.Dropout2D):
+        return [x.shape[0], x.shape[1], 1, 1]
+    if layer.axis is not None:  # Dropout along chosen axes
+        raise ValueError(f"no static rewrite of {layer!r}")
+    return list(x.shape)
+
+
+def lower(net, feed=None):
+    """Rewrite `net`'s layers in place for the static program (see the module docstring).
+
+    `feed(kind, shape, extra)` -> a static input: where a layer draws random numbers (dropout), the
+    program takes them as an input that the step draws before each run, in the order the layers ask.
+    """
     for layer in net.sublayers():
         if isinstance(layer, nn.Conv2DTranspose) and list(layer._stride) == [1, 1] and not np.any(layer._padding):
             layer.forward = types.MethodType(_dense_forward, layer)
         elif isinstance(layer, nn.Tanh):
             layer.forward = types.MethodType(_tanh_forward, layer)
+        elif isinstance(layer, nn.Upsample) and layer.mode == "nearest" and layer.scale_factor in (2, 2.0, [2, 2]):
+            layer.forward = types.MethodType(_upsample_forward, layer)
+        elif isinstance(layer, (nn.Dropout, nn.Dropout2D)):
+            if getattr(layer, "mode", "upscale_in_train") != "upscale_in_train":
+                raise ValueError(f"no static rewrite of {layer!r}")
+            layer.forward = types.MethodType(functools.partial(_dropout_forward, feed=feed), layer)
+
+
+def _dropout_forward(self, x, feed):
+    if not self.training or self.p == 0:
+        return x
+    return x * feed("mask", mask_shape(self, x), self.p)
 
 
 def _bce(logits, target):
@@ -113,23 +167,28 @@ class FastStep:
     def _build(self, arch, arch_args, lr, beta1, beta2):
         nets = network.build(arch, **arch_args)   # weights come from `load`
         G, D = nets["G"], nets["D"]
-        lower(G)
         n, z_dim, size = self.batch, self.z_dim, G.args["size"]
         real = paddle.static.data("real", [n, 3, size, size], "float32")
-        # Every random input in the order the dygraph step draws it: ("z", name) or ("T", {key: name}).
+        # Every random input in the order the dygraph step draws it: (kind, name or {key: name}, arguments)
         self.draws = []
 
+        def feed(kind, shape, *extra):
+            x = paddle.static.data(f"{kind}{len(self.draws)}", shape, "float32")
+            self.draws.append((kind, x.name, (shape, *extra)))
+            return x
+
+        for net in (G, D):
+            lower(net, feed)
+
         def noise():
-            z = paddle.static.data(f"z{len(self.draws)}", [n, z_dim], "float32")
-            self.draws.append(("z", z.name))
-            return z
+            return feed("z", [n, z_dim])
 
         def T(x):
             if not self.augment:
                 return x
             numbers = {k: paddle.static.data(f"T{len(self.draws)}_{k}", shape, "float32")
                        for k, shape in self.shapes.items()}
-            self.draws.append(("T", {k: v.name for k, v in numbers.items()}))
+            self.draws.append(("T", {k: v.name for k, v in numbers.items()}, ()))
             return self.augment.apply(x, numbers)
 
         adam = dict(learning_rate=lr, beta1=beta1, beta2=beta2)
@@ -216,9 +275,11 @@ class FastStep:
             raise ValueError(f"this step was built for batches of {self.batch}, got {real.shape[0]}")
         # the dygraph step's noise and T's numbers, drawn in its order from Paddle's global generator
         feed = {"real": real}
-        for kind, names in self.draws:
+        for kind, names, args in self.draws:
             if kind == "z":
-                feed[names] = paddle.randn([self.batch, self.z_dim]).numpy()
+                feed[names] = paddle.randn(args[0]).numpy()
+            elif kind == "mask":
+                feed[names] = dropout_mask(*args)
             else:
                 numbers = self.augment.draw(self.batch, real.shape[-1])
                 feed.update({names[k]: v for k, v in numbers.items()})

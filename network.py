@@ -513,7 +513,7 @@ ARCHITECTURES = {
     # Paddle Inference 3.3 stops at the nearest upsampling ("ConvertPirAttribute2RuntimeAttribute
     # not support"), and building a predictor for the PG-GAN G crashes the process (a segfault).
     "torchblog": Architecture({"G": TorchBlogGenerator, "D": TorchBlogDiscriminator}, ("size", "z_dim", "width"),
-                              "bce"),
+                              "bce", static_step=True),
     "pggan": Architecture({"G": PGGANGenerator, "D": PGGANDiscriminator}, ("size", "z_dim", "fmap_base", "fmap_max"),
                           "progressive", size_problem=lambda size: power_of_two_size(size, smallest=4)),
     # the Torch blog's "going further": a VAE whose decoder is the DCGAN generator

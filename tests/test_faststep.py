@@ -13,9 +13,9 @@ from augment import Augment
 from balance import LeCam, Tricks
 
 
-def setup(seed=1, size=16, width=8):
+def setup(seed=1, size=16, width=8, arch="dcgan"):
     paddle.seed(seed)
-    G, D = network.build("dcgan", size=size, width=width).values()
+    G, D = network.build(arch, size=size, width=width).values()
     adam = dict(learning_rate=2e-4, beta1=0.5, beta2=0.999)
     return G, D, paddle.optimizer.Adam(parameters=G.parameters(), **adam), paddle.optimizer.Adam(parameters=D.parameters(), **adam)
 
@@ -35,16 +35,18 @@ def state(G, D, opt_G, opt_D):
     return out
 
 
-@pytest.mark.parametrize("d_steps, g_steps", [(1, 2), (2, 1), (1, 1)])
-def test_static_step_equals_the_dygraph_step(d_steps, g_steps):
+@pytest.mark.parametrize("arch, d_steps, g_steps", [("dcgan", 1, 2), ("dcgan", 2, 1), ("dcgan", 1, 1),
+                                                    ("torchblog", 1, 2), ("torchblog", 2, 1)])
+def test_static_step_equals_the_dygraph_step(arch, d_steps, g_steps):
+    """The same losses and weights; torchblog's dropout drops the same units from the same seed."""
     batch = 8
     real = [paddle.uniform([batch, 3, 16, 16], min=-1, max=1) for _ in range(3)]
-    plain, static = setup(), setup()
+    plain, static = setup(arch=arch), setup(arch=arch)
     # one dygraph iteration on both first, so `load` carries real Adam moments across
     for objects in (plain, static):
         paddle.seed(5)
         methods.bce_iteration(*objects, real[0], 100, d_steps, g_steps, Tricks())
-    step = faststep.FastStep("dcgan", plain[0].args, batch, 2e-4, 0.5, 0.999, d_steps, g_steps)
+    step = faststep.FastStep(arch, plain[0].args, batch, 2e-4, 0.5, 0.999, d_steps, g_steps)
     step.load(*static)
     for i, x in enumerate(real):
         paddle.seed(10 + i)
@@ -121,6 +123,42 @@ def test_first_layer_as_a_product_equals_the_transposed_conv():
     np.testing.assert_array_equal(first(x).numpy(), paddle.nn.Conv2DTranspose.forward(first, x).numpy())
 
 
+def test_nearest_upsampling_as_a_broadcast_equals_interpolate():
+    x = paddle.randn([3, 5, 4, 6])
+    x.stop_gradient = False
+    weights = paddle.randn([3, 5, 8, 12])  # a gradient that differs per output pixel
+    grads = []
+    for up in (lambda t: paddle.nn.functional.interpolate(t, scale_factor=2, mode="nearest"), faststep.nearest_up2):
+        y = up(x)
+        (y * weights).sum().backward()
+        grads.append((y.numpy(), x.grad.numpy().copy()))
+        x.clear_gradient()
+    np.testing.assert_array_equal(grads[1][0], grads[0][0])
+    np.testing.assert_allclose(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-6)  # 4 terms summed in another order
+
+
+@pytest.mark.parametrize("layer", [paddle.nn.Dropout(0.5), paddle.nn.Dropout2D(0.2)])
+def test_dropout_from_a_fed_mask_drops_what_paddle_drops(layer):
+    """The static step's dropout: a mask drawn from the same generator, fed in; forward and backward equal."""
+    x = paddle.randn([6, 4, 5, 5])
+    x.stop_gradient = False
+    weights = paddle.randn([6, 4, 5, 5])
+    results = []
+    for lowered in (False, True):
+        if lowered:
+            faststep.lower(paddle.nn.Sequential(layer), lambda kind, shape, p: paddle.to_tensor(
+                faststep.dropout_mask(shape, p)))
+        paddle.seed(3)
+        y = layer(x)
+        (y * weights).sum().backward()
+        results.append((y.numpy(), x.grad.numpy().copy()))
+        x.clear_gradient()
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    zeros = (results[0][0] == 0).mean()
+    assert 0.05 < zeros < 0.7 and np.any(results[0][0] != 0)
+
+
 def test_a_batch_of_another_size_is_refused():
     G, D, opt_G, opt_D = setup()
     step = faststep.FastStep("dcgan", G.args, 4, 2e-4, 0.5, 0.999)
@@ -143,11 +181,13 @@ def test_choose_step(name, device, arch, expected):
         assert methods.choose_step(name, device, arch, 1, plain=True) == expected
 
 
-def test_training_runs_on_either_step_to_the_same_weights(lfw8, tmp_path):
+@pytest.mark.parametrize("arch", ["dcgan", "torchblog"])
+def test_training_runs_on_either_step_to_the_same_weights(lfw8, tmp_path, arch):
     runs = {}
     for step in ("static", "dygraph"):
         cfg = train.TrainConfig(data=lfw8, out=str(tmp_path / step), epochs=1, batch_size=16, epoch_images=64,
-                                width=8, sample_every=100, device="cpu", step=step)
+                                width=8, sample_every=100, device="cpu", step=step, arch=arch, augment="none",
+                                ema=False, lecam=0.0)
         runs[step] = checkpoint.load(train.train(cfg))
     for part in ("G", "D"):
         for k, v in runs["dygraph"][part].items():
