@@ -28,6 +28,7 @@ Example:
     stats = step(real_batch)            # {'loss_D', 'D_real', 'D_fake', 'err_R', 'err_F', 'loss_G', 'G_check', 'D_check'}
     step.store(G, D, opt_G, opt_D)
 """
+import contextlib
 import functools
 import types
 
@@ -128,68 +129,198 @@ def _bce(logits, target):
     return F.binary_cross_entropy_with_logits(logits, paddle.full_like(logits, target))
 
 
-# ----------------------------------------------------------------------------- the step
+# ----------------------------------------------------------------------------- Paddle 3's legacy programs
 
-class FastStep:
-    """methods.bce_iteration for one architecture and batch size, as a static program on the CPU."""
+def legacy_op(op_type, inputs, attrs=None, dtype="float32"):
+    """One legacy static op with output Out (Paddle 3's Python API builds some ops only into PIR programs)."""
+    helper = LayerHelper(op_type)
+    out = helper.create_variable_for_type_inference(dtype)
+    helper.append_op(type=op_type, inputs=inputs, outputs={"Out": out}, attrs=attrs or {})
+    return out
 
-    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2, augment=None, lecam=None):
-        if not network.architecture(arch).static_step:
-            raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+
+def _matmul(x, y, transpose_x=False, transpose_y=False, name=None):
+    return legacy_op("matmul_v2", {"X": x, "Y": y}, {"trans_x": transpose_x, "trans_y": transpose_y})
+
+
+def sum_rows(x):
+    """x.sum(axis=1) of a 2-D x, in a legacy program."""
+    return legacy_op("reduce_sum", {"X": x}, {"dim": [1], "keep_dim": False, "reduce_all": False})
+
+
+@contextlib.contextmanager
+def legacy_api():
+    """While a program is built: the paddle functions that networks call and that Paddle 3 builds only into
+    PIR programs (sqrt, rsqrt, tanh, sigmoid, sign, matmul) build the legacy ops of the same names instead.
+    The networks' code stays the eager code."""
+    saved = {name: getattr(paddle, name) for name in ("sqrt", "rsqrt", "tanh", "sigmoid", "sign", "matmul")}
+    for name in ("sqrt", "rsqrt", "tanh", "sigmoid", "sign"):
+        setattr(paddle, name, functools.partial(lambda op, x, name=None: unary(op, x), name))
+    paddle.matmul = _matmul
+    try:
+        yield
+    finally:
+        for name, f in saved.items():
+            setattr(paddle, name, f)
+
+
+# ----------------------------------------------------------------------------- the steps
+
+class StaticStep:
+    """What every static step shares: its own scope and program, the random inputs it draws in the eager
+    step's order, and copying weights and optimizer state between the program and the dygraph objects.
+
+    Subclasses build the program in `_build` with `self.input` (a random input), `self.T` (augmentation),
+    `self.register` (which networks and optimizers it holds), and set `self.fetch`.
+    """
+    onednn = ONEDNN_OPS   # the ops that run on oneDNN
+
+    def __init__(self, batch, size, augment, build):
         # Run the ops one at a time (oneDNN and MKL use the cores themselves) and in the program's
         # order: Adam updates parameters in place, and without this the executor's own schedule let
         # a later forward read D's weights before their update from the second run on. Set here,
         # not at import: importing this module changes nothing.
         paddle.set_flags({"FLAGS_new_executor_serial_run": True, "FLAGS_new_executor_sequential_run": True})
-        self.batch, self.z_dim = batch, arch_args["z_dim"]
-        self.d_steps, self.g_steps = d_steps, g_steps
+        self.batch, self.size = batch, size
         self.augment = augment if augment is not None and augment.active else None
-        self.lecam = lecam
         self.scope = paddle.static.Scope()
         self.place = paddle.CPUPlace()
+        # Every random input in the order the dygraph step draws it: (kind, name or {key: name}, arguments)
+        self.draws = []
         # Building draws a sample of T's numbers (for their shapes) and the startup's initializers draw
         # from the global generator: leave the training noise where the dygraph step would find it.
         rng = paddle.get_rng_state()
-        size = arch_args["size"]
         self.shapes = {k: v.shape for k, v in self.augment.draw(batch, size).items()} if self.augment else {}
         with paddle.pir_utils.OldIrGuard():
             self.program, startup = paddle.static.Program(), paddle.static.Program()
-            with paddle.static.program_guard(self.program, startup), paddle.utils.unique_name.guard():
-                self._build(arch, arch_args, lr, beta1, beta2)
+            with paddle.static.program_guard(self.program, startup), paddle.utils.unique_name.guard(), legacy_api():
+                build()
             for op in self.program.global_block().ops:
-                if op.type in ONEDNN_OPS:
+                if op.type in self.onednn:
                     op._set_attr("use_mkldnn", True)
             self.executor = paddle.static.Executor(self.place)
             with paddle.static.scope_guard(self.scope):
                 self.executor.run(startup)
         paddle.set_rng_state(rng)
 
-    def _build(self, arch, arch_args, lr, beta1, beta2):
-        nets = network.build(arch, **arch_args)   # weights come from `load`
-        G, D = nets["G"], nets["D"]
-        n, z_dim, size = self.batch, self.z_dim, G.args["size"]
-        real = paddle.static.data("real", [n, 3, size, size], "float32")
-        # Every random input in the order the dygraph step draws it: (kind, name or {key: name}, arguments)
-        self.draws = []
+    # --- building
 
-        def feed(kind, shape, *extra):
-            x = paddle.static.data(f"{kind}{len(self.draws)}", shape, "float32")
-            self.draws.append((kind, x.name, (shape, *extra)))
+    def input(self, kind, shape, *extra):
+        """A random input of the program, which each run draws as the eager step would (see `draw`)."""
+        x = paddle.static.data(f"{kind}{len(self.draws)}", shape, "float32")
+        self.draws.append((kind, x.name, (shape, *extra)))
+        return x
+
+    def T(self, x):
+        """D's view of `x` (augment.Augment), its random numbers an input."""
+        if not self.augment:
             return x
+        numbers = {k: paddle.static.data(f"T{len(self.draws)}_{k}", shape, "float32") for k, shape in self.shapes.items()}
+        self.draws.append(("T", {k: v.name for k, v in numbers.items()}, ()))
+        out = self.augment.apply(x, numbers)
+        # some of T's ops leave the size unknown to the program; networks that read it (PG-GAN's D) need it
+        return out if -1 not in out.shape else out.reshape(x.shape)
 
-        for net in (G, D):
-            lower(net, feed)
+    def networks(self, arch, arch_args, roles):
+        """The architecture's networks of `roles`, lowered for this program; weights come from `load`."""
+        nets = network.build(arch, **arch_args)
+        nets = {role: nets[role] if role in nets else network.build_net(arch, role.split("_")[0], arch_args)
+                for role in roles}
+        for net in nets.values():
+            lower(net, self.input)
+        return nets
+
+    def register(self, nets, opts):
+        """Remember the program's names of the networks' state and of the optimizers' accumulators."""
+        # dygraph state_dict keys (structural, the same in both modes) -> this program's variable names
+        self.names = {key: {k: v.name for k, v in net.state_dict().items()} for key, net in nets.items()}
+        # {structural key: {Adam state name: variable name}}, for the trained parameters
+        # (PG-GAN's layers of other resolutions take no part in a stage's program and have none)
+        self.adam = {key: {k: {acc: vars_[p.name].name for acc, vars_ in opt._accumulators.items() if p.name in vars_}
+                           for k, p in nets[key].named_parameters() if p.trainable}
+                     for key, opt in opts.items()}
+        self.adam = {key: {k: entries for k, entries in table.items() if entries} for key, table in self.adam.items()}
+
+    # --- running
+
+    def draw(self):
+        """The feed of the random inputs: the eager step's noise, dropout masks and T's numbers, drawn in its
+        order from Paddle's global generator."""
+        feed = {}
+        for kind, names, args in self.draws:
+            if kind == "z":
+                feed[names] = paddle.randn(args[0]).numpy()
+            elif kind == "u":
+                feed[names] = paddle.rand(args[0]).numpy()
+            elif kind == "mask":
+                feed[names] = dropout_mask(*args)
+            else:
+                numbers = self.augment.draw(self.batch, self.size)
+                feed.update({names[k]: v for k, v in numbers.items()})
+        return feed
+
+    def run(self, real, feed):
+        real = real.numpy() if isinstance(real, paddle.Tensor) else np.asarray(real)
+        if real.shape[0] != self.batch:
+            raise ValueError(f"this step was built for batches of {self.batch}, got {real.shape[0]}")
+        with paddle.pir_utils.OldIrGuard(), paddle.static.scope_guard(self.scope):
+            out = self.executor.run(self.program, feed={"real": real, **feed}, fetch_list=self.fetch)
+        return [np.asarray(v).item() for v in out]
+
+    # --- state in and out
+
+    def _set(self, name, value):
+        self.scope.var(name).get_tensor().set(np.asarray(value, dtype=np.float32), self.place)
+
+    def _get(self, name):
+        return np.array(self.scope.find_var(name).get_tensor())
+
+    def load_parts(self, nets, opts):
+        """Copy weights, BatchNorm statistics and optimizer state from the dygraph objects ({key: ...}) in."""
+        for key, net in nets.items():
+            state = net.state_dict()
+            for k, static_name in self.names[key].items():
+                self._set(static_name, state[k].numpy())
+        for key, opt in opts.items():
+            for k, entries in checkpoint.optimizer_state(opt, nets[key]).items():  # none yet for a fresh optimizer
+                for acc, value in entries.items():
+                    if k in self.adam[key]:
+                        self._set(self.adam[key][k][acc], value)
+
+    def store_parts(self, nets, opts):
+        """Copy the program's weights, statistics and optimizer state back into the dygraph objects."""
+        for key, net in nets.items():
+            self.store_net(key, net)
+        for key, opt in opts.items():  # the parameters outside this program keep their state
+            checkpoint.ensure_accumulators(opt, nets[key])
+            state = checkpoint.optimizer_state(opt, nets[key])
+            state.update({k: {acc: self._get(name) for acc, name in entries.items()}
+                          for k, entries in self.adam[key].items()})
+            checkpoint.set_optimizer_state(opt, nets[key], state)
+
+    def store_net(self, key, net):
+        """Copy the program's weights and statistics of network `key` (as "G") into the dygraph `net`."""
+        net.set_state_dict({k: self._get(static_name) for k, static_name in self.names[key].items()})
+
+
+class FastStep(StaticStep):
+    """methods.bce_iteration for one architecture and batch size, as a static program on the CPU."""
+
+    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2, augment=None, lecam=None):
+        if not network.architecture(arch).static_step:
+            raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+        self.z_dim, self.d_steps, self.g_steps, self.lecam = arch_args["z_dim"], d_steps, g_steps, lecam
+        super().__init__(batch, arch_args["size"], augment,
+                         functools.partial(self._build, arch, arch_args, lr, beta1, beta2))
+
+    def _build(self, arch, arch_args, lr, beta1, beta2):
+        nets = self.networks(arch, arch_args, ("G", "D"))
+        G, D = nets["G"], nets["D"]
+        n, z_dim, size, T = self.batch, self.z_dim, self.size, self.T
+        real = paddle.static.data("real", [n, 3, size, size], "float32")
 
         def noise():
-            return feed("z", [n, z_dim])
-
-        def T(x):
-            if not self.augment:
-                return x
-            numbers = {k: paddle.static.data(f"T{len(self.draws)}_{k}", shape, "float32")
-                       for k, shape in self.shapes.items()}
-            self.draws.append(("T", {k: v.name for k, v in numbers.items()}, ()))
-            return self.augment.apply(x, numbers)
+            return self.input("z", [n, z_dim])
 
         adam = dict(learning_rate=lr, beta1=beta1, beta2=beta2)
         opt_D = paddle.optimizer.Adam(parameters=D.parameters(), **adam)
@@ -219,50 +350,20 @@ class FastStep:
             loss_G = _bce(D(T(more)), 1.0)
             opt_G.minimize(loss_G, parameters=G.parameters(), no_grad_set=d_names)
             losses_G.append(loss_G)
-        # per network, the sum of its parameters' means after the updates: not finite once any parameter is not
-        sums = [paddle.add_n([p.mean() for p in net.parameters()]) for net in (G, D)]
         self.fetch = [loss_D, unary("sigmoid", logits_real).mean(), unary("sigmoid", logits_fake).mean(),
-                      err_real, err_fake, paddle.stack(losses_G).mean(), unary("sign", logits_real).mean(), *sums]
+                      err_real, err_fake, paddle.stack(losses_G).mean(), unary("sign", logits_real).mean(),
+                      *parameter_sums(G, D)]
         if self.lecam:
             self.fetch += [reg, ema_real, ema_fake]
-        # dygraph state_dict keys (structural, the same in both modes) -> this program's variable names
-        self.names = {"G": {k: v.name for k, v in G.state_dict().items()},
-                      "D": {k: v.name for k, v in D.state_dict().items()}}
-        # {structural key: {Adam state name: variable name}}, for the trained parameters
-        self.adam = {key: {k: {acc: vars_[p.name].name for acc, vars_ in opt._accumulators.items()}
-                           for k, p in net.named_parameters() if p.trainable}
-                     for key, net, opt in (("G", G, opt_G), ("D", D, opt_D))}
-
-    # --- state in and out
-
-    def _set(self, name, value):
-        self.scope.var(name).get_tensor().set(np.asarray(value, dtype=np.float32), self.place)
-
-    def _get(self, name):
-        return np.array(self.scope.find_var(name).get_tensor())
+        self.register(nets, {"G": opt_G, "D": opt_D})
 
     def load(self, G, D, opt_G, opt_D):
         """Copy weights, BatchNorm statistics and Adam state from the dygraph objects into the program."""
-        for key, net, opt in (("G", G, opt_G), ("D", D, opt_D)):
-            state, names = net.state_dict(), self.names[key]
-            for k, static_name in names.items():
-                self._set(static_name, state[k].numpy())
-            for k, entries in checkpoint.optimizer_state(opt, net).items():  # none yet for a fresh optimizer
-                for acc, value in entries.items():
-                    self._set(self.adam[key][k][acc], value)
+        self.load_parts({"G": G, "D": D}, {"G": opt_G, "D": opt_D})
 
     def store(self, G, D, opt_G, opt_D):
         """Copy the program's weights, statistics and Adam state back into the dygraph objects."""
-        for key, net, opt in (("G", G, opt_G), ("D", D, opt_D)):
-            self.store_net(key, net)
-            checkpoint.set_optimizer_state(opt, net, {k: {acc: self._get(name) for acc, name in entries.items()}
-                                                      for k, entries in self.adam[key].items()})
-
-    def store_net(self, key, net):
-        """Copy the program's weights and statistics of network `key` ("G" or "D") into the dygraph `net`."""
-        net.set_state_dict({k: self._get(static_name) for k, static_name in self.names[key].items()})
-
-    # --- one iteration
+        self.store_parts({"G": G, "D": D}, {"G": opt_G, "D": opt_D})
 
     def __call__(self, real):
         """One iteration on the batch `real` (N x 3 x S x S in [-1, 1]).
@@ -270,28 +371,118 @@ class FastStep:
         Returns the numbers train_iteration does, and G_check, D_check: the sum of each network's
         parameter means after the updates, finite while every parameter is (train.py checks it).
         """
-        real = real.numpy() if isinstance(real, paddle.Tensor) else np.asarray(real)
-        if real.shape[0] != self.batch:
-            raise ValueError(f"this step was built for batches of {self.batch}, got {real.shape[0]}")
-        # the dygraph step's noise and T's numbers, drawn in its order from Paddle's global generator
-        feed = {"real": real}
-        for kind, names, args in self.draws:
-            if kind == "z":
-                feed[names] = paddle.randn(args[0]).numpy()
-            elif kind == "mask":
-                feed[names] = dropout_mask(*args)
-            else:
-                numbers = self.augment.draw(self.batch, real.shape[-1])
-                feed.update({names[k]: v for k, v in numbers.items()})
+        feed = self.draw()
         if self.lecam:
-            values = {"lecam_real": self.lecam.real or 0.0, "lecam_fake": self.lecam.fake or 0.0,
-                      "lecam_decay": self.lecam.next_decay()}
-            feed.update({name: np.array([v], np.float32) for name, v in values.items()})
-        with paddle.pir_utils.OldIrGuard(), paddle.static.scope_guard(self.scope):
-            out = self.executor.run(self.program, feed=feed, fetch_list=self.fetch)
+            feed.update(lecam_feed(self.lecam))
         names = ("loss_D", "D_real", "D_fake", "err_R", "err_F", "loss_G", "sign_real", "G_check", "D_check")
-        values = [np.asarray(v).item() for v in out]
+        values = self.run(real, feed)
         stats = dict(zip(names, values))
         if self.lecam:  # the last D update's term, and the averages after the iteration
+            stats["lecam"], self.lecam.real, self.lecam.fake = values[len(names):]
+        return stats
+
+
+def parameter_sums(*nets):
+    """Per network, the sum of its parameters' means after the updates: not finite once any parameter is not."""
+    return [paddle.add_n([p.mean() for p in net.parameters()]) for net in nets]
+
+
+def lecam_feed(lecam):
+    """LeCam's averages before the iteration and the decay of its first update, as the program's inputs."""
+    values = {"lecam_real": lecam.real or 0.0, "lecam_fake": lecam.fake or 0.0, "lecam_decay": lecam.next_decay()}
+    return {name: np.array([v], np.float32) for name, v in values.items()}
+
+
+class ProgressiveStep(StaticStep):
+    """progressive.iteration at one resolution, as a static program on the CPU: WGAN-GP's D update with its
+    gradient penalty (a double backward: the program differentiates the gradient of D at x_hat), the G
+    update, and G's moving average. One program per stage: `fading` programs take alpha as an input,
+    stabilised ones are built with alpha = 1. ProgressiveMethod builds a new one when the stage or the
+    batch changes.
+
+    Example:
+        step = ProgressiveStep("pggan", G.args, res=32, fading=False, batch=16, lr=1e-3, beta1=0.0, beta2=0.99)
+        step.load(nets, opts)                    # {"G", "D", "G_ema"}, {"G", "D"}
+        stats = step(progressive.real_at(real, 32, 1.0), alpha=1.0, beta=methods.ema_beta(updates))
+    """
+
+    # The convolutions' gradients on oneDNN, not the convolutions: with oneDNN's forward convolution the
+    # gradient penalty of a fresh D came out 2.5e-4 (relative) off the eager step's, with its backward alone
+    # it is the same to float rounding, and the forward convolutions are a small part of this step's time.
+    onednn = ("conv2d_grad",)
+
+    def __init__(self, arch, arch_args, res, fading, batch, lr, beta1, beta2, augment=None, lecam=None):
+        if not network.architecture(arch).static_step:
+            raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+        self.z_dim, self.fading, self.lecam = arch_args["z_dim"], fading, lecam
+        super().__init__(batch, res, augment, functools.partial(self._build, arch, arch_args, lr, beta1, beta2))
+
+    def _build(self, arch, arch_args, lr, beta1, beta2):
+        from progressive import DRIFT, GP_WEIGHT   # progressive imports methods, which imports this module
+        nets = self.networks(arch, arch_args, ("G", "D", "G_ema"))
+        G, D, G_ema = nets["G"], nets["D"], nets["G_ema"]
+        n, res, T = self.batch, self.size, self.T
+        alpha = paddle.static.data("alpha", [1], "float32") if self.fading else 1.0
+        for net in (G, D):
+            net.set_stage(res, 0.0 if self.fading else 1.0)
+            net.alpha = alpha
+        real = paddle.static.data("real", [n, 3, res, res], "float32")
+        adam = dict(learning_rate=lr, beta1=beta1, beta2=beta2, epsilon=1e-8)
+        opt_D = paddle.optimizer.Adam(parameters=D.parameters(), **adam)
+        opt_G = paddle.optimizer.Adam(parameters=G.parameters(), **adam)
+
+        fake = G(self.input("z", [n, self.z_dim])).detach()
+        real, fake = T(real), T(fake)
+        score_real, score_fake = D(real), D(fake)
+        # progressive.gradient_penalty: 10 (||grad_x D(x_hat)|| - 1)^2, x_hat = lerp(real, fake, u)
+        x_hat = real + (fake - real) * self.input("u", [n, 1, 1, 1])
+        x_hat.stop_gradient = False
+        grad, = paddle.static.gradients([D(x_hat)], [x_hat])
+        norm = paddle.sqrt(sum_rows((grad * grad).reshape([n, -1])) + 1e-12)
+        gp = GP_WEIGHT * ((norm - 1.0) ** 2).mean()
+        wasserstein = score_fake.mean() - score_real.mean()
+        loss_D = wasserstein + gp + DRIFT * (score_real * score_real).mean()
+        if self.lecam:  # balance.LeCam: the averages take the batch, then the term
+            ema_real, ema_fake, decay = (paddle.static.data(name, [1], "float32")
+                                         for name in ("lecam_real", "lecam_fake", "lecam_decay"))
+            ema_real = decay * ema_real + (1 - decay) * score_real.mean().detach()
+            ema_fake = decay * ema_fake + (1 - decay) * score_fake.mean().detach()
+            reg = self.lecam.weight * lecam_term(score_real, score_fake, ema_real, ema_fake)
+            opt_D.minimize(loss_D + reg, parameters=D.parameters())
+        else:
+            opt_D.minimize(loss_D, parameters=D.parameters())
+        loss_G = -D(T(G(self.input("z", [n, self.z_dim])))).mean()
+        opt_G.minimize(loss_G, parameters=G.parameters(), no_grad_set={p.name for p in D.parameters()})
+        # methods.ema_update: G_ema <- beta G_ema + (1 - beta) G, both numbers fed (float32 of the float64 ones)
+        beta, rest = (paddle.static.data(name, [1], "float32") for name in ("ema_beta", "ema_rest"))
+        for e, p in zip(G_ema.parameters(), G.parameters()):
+            paddle.assign(e * beta + p * rest, output=e)
+        self.fetch = [loss_D, loss_G, gp, -wasserstein, score_real.mean(), score_fake.mean(),
+                      paddle.sign(score_real).mean(), *parameter_sums(G, D)]
+        if self.lecam:
+            self.fetch += [reg, ema_real, ema_fake]
+        self.register(nets, {"G": opt_G, "D": opt_D})
+
+    def load(self, nets, opts):
+        """Copy the weights of nets "G", "D", "G_ema" and the Adam state of opts "G", "D" into the program."""
+        self.load_parts(nets, opts)
+
+    def store(self, nets, opts):
+        """Copy the program's weights and Adam state back into the dygraph objects."""
+        self.store_parts(nets, opts)
+
+    def __call__(self, real, alpha, beta):
+        """One iteration on `real` (progressive.real_at of the batch at this stage) at `alpha`, G's average
+        taking (1 - beta) of G. Returns progressive.iteration's numbers and G_check, D_check."""
+        feed = self.draw()
+        feed.update(ema_beta=np.array([beta], np.float32), ema_rest=np.array([1.0 - beta], np.float32))
+        if self.fading:
+            feed["alpha"] = np.array([alpha], np.float32)
+        if self.lecam:
+            feed.update(lecam_feed(self.lecam))
+        names = ("loss_D", "loss_G", "gp", "wasserstein", "D_real", "D_fake", "sign_real", "G_check", "D_check")
+        values = self.run(real, feed)
+        stats = dict(zip(names, values))
+        if self.lecam:
             stats["lecam"], self.lecam.real, self.lecam.fake = values[len(names):]
         return stats

@@ -284,6 +284,12 @@ def downsample(x):
     return F.avg_pool2d(x, 2)
 
 
+def fading(alpha):
+    """Whether a stage of `alpha` blends in the previous resolution: alpha below 1, or a tensor (the static
+    training step feeds alpha to its program; faststep.ProgressiveStep)."""
+    return not isinstance(alpha, (int, float)) or alpha < 1.0
+
+
 def pggan_channels(size, fmap_base, fmap_max):
     """{resolution: channels} from 4 to `size`, as the official code: nf(stage) = min(fmap_base / 2^stage, fmap_max)
     with 4x4 at stage 1, that is nf(res) = min(2 fmap_base / res, fmap_max).
@@ -337,7 +343,7 @@ class PGGANGenerator(nn.Layer):
             for conv in self.blocks[str(r)]:
                 x = self._act(conv(x))
         rgb = self.to_rgb[str(r)](x)
-        if self.alpha < 1.0 and prev is not None:
+        if fading(self.alpha) and prev is not None:
             old = upsample(self.to_rgb[str(r // 2)](prev))
             rgb = old + (rgb - old) * self.alpha
         return rgb
@@ -375,7 +381,7 @@ class PGGANDiscriminator(nn.Layer):
             for conv in self.blocks[str(r)]:
                 x = F.leaky_relu(conv(x), 0.2)
             x = downsample(x)
-            if r == self.res and self.alpha < 1.0:
+            if r == self.res and fading(self.alpha):
                 old = F.leaky_relu(self.from_rgb[str(r // 2)](downsample(img)), 0.2)
                 x = old + (x - old) * self.alpha
             r //= 2
@@ -515,7 +521,8 @@ ARCHITECTURES = {
     "torchblog": Architecture({"G": TorchBlogGenerator, "D": TorchBlogDiscriminator}, ("size", "z_dim", "width"),
                               "bce", static_step=True),
     "pggan": Architecture({"G": PGGANGenerator, "D": PGGANDiscriminator}, ("size", "z_dim", "fmap_base", "fmap_max"),
-                          "progressive", size_problem=lambda size: power_of_two_size(size, smallest=4)),
+                          "progressive", static_step=True,
+                          size_problem=lambda size: power_of_two_size(size, smallest=4)),
     # the Torch blog's "going further": a VAE whose decoder is the DCGAN generator
     "vae": Architecture({"E": ConvEncoder, "G": DCGANGenerator}, ("size", "z_dim", "width"), "vae"),
     # its VAE/GAN (Larsen et al. 2016): the same encoder and decoder, and the DCGAN D, whose features

@@ -22,6 +22,7 @@ Example:
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle
 
+import faststep
 import network
 from balance import make_optimizer
 from control import weight_checks
@@ -182,16 +183,44 @@ class ProgressiveMethod(Method):
         self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world, plain=True)
         self.phase = self.at(pos.images_seen)[2]
         self.G_run, self.D_run = self.procs.wrap(self.nets["G"]), self.procs.wrap(self.nets["D"])
+        self.fast, self.fast_key, self.stale = None, None, False
 
     def step(self, real, pos):
         res, alpha, phase = self.at(pos.images_seen)
         if phase != self.phase:
+            self.sync()  # the weights the last phase reached; its optimizer state goes
             self.new_optimizers()
-            self.phase = phase
+            self.phase, self.fast = phase, None
+        if self.path == "static":
+            return self.static_step(real, pos, res, alpha)
         stats = iteration(self.G_run, self.D_run, self.nets["G_ema"], self.opts["G"], self.opts["D"], real,
                           self.cfg.z_dim, res, alpha, pos.iteration, self.procs.reduce, self.T, self.lecam)
         stats = self.regularised(dict(stats, res=res, alpha=round(alpha, 4)), real.shape[0])
         return stats, weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
+
+    def static_step(self, real, pos, res, alpha):
+        """`iteration` as faststep.ProgressiveStep's program: one per stage (resolution, fading or not) and batch."""
+        key = (res, alpha < 1.0, real.shape[0])
+        if self.fast is None or key != self.fast_key:
+            self.sync()
+            cfg = self.cfg
+            for net in self.nets.values():
+                net.set_stage(res, alpha)
+            self.fast = faststep.ProgressiveStep(self.arch, self.args, res, alpha < 1.0, real.shape[0], cfg.lr,
+                                                 cfg.beta1, cfg.beta2, self.T, self.lecam)
+            self.fast.load(self.nets, self.opts)
+            self.fast_key = key
+        for net in self.nets.values():  # samples and evaluation draw at the stage reached
+            net.set_stage(res, alpha)
+        stats = self.fast(real_at(real, res, alpha), alpha, ema_beta(pos.iteration))
+        self.stale = True
+        checks = {"G": stats.pop("G_check"), "D": stats.pop("D_check")}
+        return self.regularised(dict(stats, res=res, alpha=round(alpha, 4)), real.shape[0]), checks
+
+    def sync(self):
+        if self.stale:
+            self.fast.store(self.nets, self.opts)
+            self.stale = False
 
     def state(self, pos):
         return {"stage": dict(zip(("res", "alpha", "phase"), self.at(pos.images_seen))), **self.regularity_state()}

@@ -45,7 +45,8 @@ SCENARIOS = {
                          lr=0.02, real_label=0.9),
     # 4 iterations at 4x4 (batch 16), 8 fading 8x8 in (batch 8), 8 stabilising: 10 is mid-fade
     "pggan-fade": dict(arch="pggan", size=8, epochs=3, phase_kimg=0.064, batch_sizes="4:16,8:8", z_dim=32,
-                       fmap_base=32, fmap_max=16),  # 16, 8 channels (64 before issue 13's official meaning)
+                       fmap_base=32, fmap_max=16, step="dygraph"),  # 16, 8 channels (64 before issue 13's
+    # official meaning); recorded on the eager step, before PG-GAN had a static one (issue 15)
 }
 RESUME_AT = 10
 

@@ -157,7 +157,7 @@ def test_pggan_grows_samples_at_each_resolution_resumes_mid_fade_and_generates(l
     interrupt_after = sigint_after(8)  # mid-fade: after 4 iterations at 4x4 and 4 of the fade's 8
 
     with monkeypatch.context() as m:
-        m.setattr(progressive, "iteration", interrupt_after(progressive.iteration))
+        m.setattr(progressive.ProgressiveMethod, "step", interrupt_after(progressive.ProgressiveMethod.step))
         mid = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts")))
     assert mid["method"]["stage"] == {"res": 8, "alpha": 0.5, "phase": 1} and mid["iteration"] == 8
     resumed = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts")))
