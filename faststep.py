@@ -69,18 +69,8 @@ def _tanh_forward(self, x):
     return unary("tanh", x)
 
 
-def nearest_up2(x):
-    """Nearest-neighbour upsampling x2 as a reshape and a broadcast: each pixel repeated in a 2x2 block.
-
-    F.interpolate(x, scale_factor=2, mode="nearest") exactly (tests/test_faststep.py, forward and
-    backward); its gradient is a sum over each 2x2 block, where nearest_interp's is a scatter.
-    """
-    n, c, h, w = x.shape
-    return x.reshape([n, c, h, 1, w, 1]).expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
-
-
 def _upsample_forward(self, x):
-    return nearest_up2(x)
+    return network.nearest_up2(x)
 
 
 def dropout_mask(shape, p):
@@ -215,7 +205,8 @@ class StaticStep:
         """D's view of `x` (augment.Augment), its random numbers an input."""
         if not self.augment:
             return x
-        numbers = {k: paddle.static.data(f"T{len(self.draws)}_{k}", shape, "float32") for k, shape in self.shapes.items()}
+        numbers = {k: paddle.static.data(f"T{len(self.draws)}_{k}", shape, "float32")
+                   for k, shape in self.shapes.items()}
         self.draws.append(("T", {k: v.name for k, v in numbers.items()}, ()))
         out = self.augment.apply(x, numbers)
         # some of T's ops leave the size unknown to the program; networks that read it (PG-GAN's D) need it

@@ -19,6 +19,7 @@ Examples:
     python generator.py --walk-ones                      # walk_ones.gif: a block of 1s slid along z
     python generator.py --checkpoint runs/vae/checkpoint.pdparams --reconstruct 16  # beside their reconstructions
 """
+import contextlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import runtime  # before Paddle: thread and MKL settings; the device option
 import numpy as np
 import paddle
+import paddle.nn as nn
 
 import checkpoint
 import network
@@ -192,11 +194,31 @@ def ones_noise(z_dim, block=ONES_BLOCK, step=ONES_STEP):
 
 # ----------------------------------------------------------------------------- fast path
 
+@contextlib.contextmanager
+def inference_form(G):
+    """While paddle.jit.save traces G: its nearest upsampling (nn.Upsample layers, network.upsample) as
+    network.nearest_up2, a reshape and a broadcast with the same numbers. Paddle Inference 3.3's oneDNN path
+    cannot run nearest_interp ("ConvertPirAttribute2RuntimeAttribute not support" for its scale attribute)."""
+    layers = [layer for layer in G.sublayers() if isinstance(layer, nn.Upsample) and layer.mode == "nearest"
+              and layer.scale_factor in (2, 2.0, [2, 2])]
+    saved = network.upsample
+    network.upsample = network.nearest_up2
+    for layer in layers:
+        layer.forward = network.nearest_up2
+    try:
+        yield
+    finally:
+        network.upsample = saved
+        for layer in layers:
+            del layer.forward
+
+
 def export(G, prefix):
     """paddle.jit.save G (inference mode) at `prefix`; returns the model file written."""
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     G.eval()
-    paddle.jit.save(G, prefix, input_spec=[paddle.static.InputSpec([None, G.args["z_dim"]], "float32")])
+    with inference_form(G):
+        paddle.jit.save(G, prefix, input_spec=[paddle.static.InputSpec([None, G.args["z_dim"]], "float32")])
     for suffix in (".json", ".pdmodel"):  # Paddle 3 writes .json (PIR), older versions .pdmodel
         if os.path.exists(prefix + suffix):
             return prefix + suffix
@@ -224,6 +246,10 @@ class InferenceGenerator:
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         config.enable_mkldnn()
+        # Paddle 3.3 crashes (a segfault) building a predictor where a convolution with a bias is followed by a
+        # leaky ReLU, in this pass's FusedConv2dOp (PG-GAN's G; the smallest program: F.conv2d(x, w, b) then
+        # F.leaky_relu(y, 0.2)). Without the pass the activation runs as its own oneDNN op.
+        config.delete_pass("conv_activation_onednn_fuse_pass")
         if bf16:
             config.enable_mkldnn_bfloat16()
         self.bf16 = bf16

@@ -279,6 +279,18 @@ def upsample(x):
     return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
+def nearest_up2(x):
+    """Nearest-neighbour upsampling x2 as a reshape and a broadcast: each pixel repeated in a 2x2 block.
+
+    F.interpolate(x, scale_factor=2, mode="nearest") exactly (tests/test_faststep.py, forward and
+    backward); its gradient is a sum over each 2x2 block, where nearest_interp's is a scatter. The static
+    training step and the exported generators use it (Paddle Inference's oneDNN path cannot run
+    nearest_interp); the eager networks keep `upsample`.
+    """
+    n, c, h, w = x.shape
+    return x.reshape([n, c, h, 1, w, 1]).expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
+
+
 def downsample(x):
     """2x2 average pooling."""
     return F.avg_pool2d(x, 2)
@@ -516,12 +528,10 @@ ARCHITECTURES = {
     "dcgan": Architecture({"G": DCGANGenerator, "D": DCGANDiscriminator}, ("size", "z_dim", "width"), "bce",
                           static_step=True, inference=True,
                           builtin=dict(augment="ada", ema=True, lecam=0.1, epoch_images=12800)),
-    # Paddle Inference 3.3 stops at the nearest upsampling ("ConvertPirAttribute2RuntimeAttribute
-    # not support"), and building a predictor for the PG-GAN G crashes the process (a segfault).
     "torchblog": Architecture({"G": TorchBlogGenerator, "D": TorchBlogDiscriminator}, ("size", "z_dim", "width"),
-                              "bce", static_step=True),
+                              "bce", static_step=True, inference=True),
     "pggan": Architecture({"G": PGGANGenerator, "D": PGGANDiscriminator}, ("size", "z_dim", "fmap_base", "fmap_max"),
-                          "progressive", static_step=True,
+                          "progressive", static_step=True, inference=True,
                           size_problem=lambda size: power_of_two_size(size, smallest=4)),
     # the Torch blog's "going further": a VAE whose decoder is the DCGAN generator
     "vae": Architecture({"E": ConvEncoder, "G": DCGANGenerator}, ("size", "z_dim", "width"), "vae"),

@@ -167,18 +167,24 @@ def test_pggan_grows_samples_at_each_resolution_resumes_mid_fade_and_generates(l
 
     generator.main(["--checkpoint", str(tmp_path / "whole" / checkpoint.FILE), "--out", str(tmp_path / "final"),
                     "--num", "3", "--seed", "0"])
-    assert_user_error(run_script("generator.py", "--checkpoint", tmp_path / "whole" / checkpoint.FILE, "--engine",
-                                 "inference", "--out", tmp_path / "no", cwd=tmp_path), "does not run --arch pggan")
     early = tmp_path / "whole" / checkpoint.snapshot_name(4)  # after the 4x4 phase: 8x8 fading in from alpha 0
     assert checkpoint.load(str(early))["method"]["stage"] == {"res": 8, "alpha": 0.0, "phase": 1}
     generator.main(["--checkpoint", str(early), "--out", str(tmp_path / "early"), "--num", "3", "--seed", "0"])
+    import cv2
+    for folder, source in (("final", tmp_path / "whole" / checkpoint.FILE), ("early", early)):
+        # Paddle Inference (the CPU default, "final" and "early" above) against eager mode, stabilised and fading
+        generator.main(["--checkpoint", str(source), "--out", str(tmp_path / f"{folder}_eager"), "--num", "3",
+                        "--seed", "0", "--engine", "dygraph"])
+        for i in range(3):
+            a, b = (cv2.imread(str(tmp_path / f / f"{i:04d}.png")).astype(int) for f in (folder, f"{folder}_eager"))
+            assert np.abs(a - b).max() <= 1, (folder, i)
+    assert os.path.isdir(tmp_path / "whole" / generator.EXPORT_DIR)
     # a checkpoint as written before issue 12 (no "sampler": G_ema and the method's stage say it), during 4x4
     mid4 = {k: v for k, v in whole.items() if k != "sampler"}
     mid4["method"] = {"stage": {"res": 4, "alpha": 1.0, "phase": 0}}
     paddle.save(mid4, str(tmp_path / "mid4.pdparams"))
     generator.main(["--checkpoint", str(tmp_path / "mid4.pdparams"), "--out", str(tmp_path / "mid4"),
                     "--num", "2", "--seed", "0"])
-    import cv2
     small = cv2.imread(str(tmp_path / "mid4" / "0000.png"))
     assert small.shape == (8, 8, 3)  # drawn at 4x4, shown at the final 8x8
     np.testing.assert_array_equal(small, small[::2, ::2].repeat(2, axis=0).repeat(2, axis=1))
