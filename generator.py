@@ -259,8 +259,24 @@ class InferenceGenerator:
 
     def __call__(self, z):
         self.input.copy_from_cpu(np.ascontiguousarray(z, np.float32))
-        self.predictor.run()
+        with silent_stdout():
+            self.predictor.run()
         return to_uint8(self.output.copy_to_cpu())
+
+
+@contextlib.contextmanager
+def silent_stdout():
+    """Within the block, nothing reaches file descriptor 1: Paddle Inference 3.3 prints a debugging line,
+    "ReduceMeanCheckIfOneDNNSupport", from C++ for each mean it checks (PG-GAN's pixel norm) on a first run."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def fast_generator(G, checkpoint):

@@ -1,14 +1,16 @@
 """Generator forward speed (no gradients, BatchNorm in inference mode) as img/s.
 
-Comparable with `../shared/bench/torch_reference.py generate`: the tutorial's DCGAN-64
-generator, a batch of noise per step, through generator.py's own path (exported and run by
-Paddle Inference with oneDNN, bf16 where it passes generator.py's check) or --engine dygraph.
-Prints one JSON line with the median img/s.
+Comparable with `../shared/bench/torch_reference.py generate --arch ARCH`: the architecture's
+generator at the reference's sizes (dcgan 64x64, width 64; torchblog 32x32, width 32; pggan
+32x32 at its final resolution), a batch of noise per step, through generator.py's own path
+(exported and run by Paddle Inference with oneDNN, bf16 where it passes generator.py's check)
+or --engine dygraph. Prints one JSON line with the median img/s.
 
 Examples:
     python benchmarks/generate.py --batch 64
+    python benchmarks/generate.py --arch pggan
     python benchmarks/generate.py --engine dygraph      # Paddle's eager mode, for comparison
-    python benchmarks/versus_torch.py --mode generate
+    python benchmarks/versus_torch.py --mode generate --arch torchblog
 """
 import argparse
 import json
@@ -27,14 +29,17 @@ import paddle  # noqa: E402
 
 import generator  # noqa: E402
 import network  # noqa: E402
+import train_step  # noqa: E402
+from options import refusing  # noqa: E402
 from checkpoint import FORMAT, save as save_checkpoint  # noqa: E402
 
 
 @dataclass
 class GenBenchConfig:
-    size: int = 64         # image side
+    arch: str = "dcgan"    # network family
+    size: int = None       # image side (None: the reference's, as train_step.py)
     batch: int = 64        # faces per forward pass
-    width: int = 64        # ngf, as the reference
+    width: int = None      # ngf, for the architectures that have a width (None: the reference's)
     steps: int = 10        # forward passes per timing
     warmup: int = 2        # untimed passes first
     repeats: int = 3       # timings; the median is reported
@@ -45,15 +50,22 @@ class GenBenchConfig:
 def measure(cfg):
     """Median img/s of generator.py's path (export + Paddle Inference, or eager) on fresh noise."""
     device = runtime.select_device(cfg.device)
+    if cfg.engine == "inference" and not network.architecture(cfg.arch).inference:
+        raise runtime.ConfigError(f"--engine inference does not run --arch {cfg.arch} (see network.ARCHITECTURES); "
+                                  "use --engine dygraph")
+    run, sizes = train_step.run_config(train_step.StepBenchConfig(arch=cfg.arch, size=cfg.size, width=cfg.width))
+    args = {name: sizes.size if name == "size" else getattr(run, name)
+            for name in network.architecture(cfg.arch).args}
     paddle.seed(0)
-    G = network.build_net("dcgan", "G", dict(size=cfg.size, width=cfg.width, z_dim=100))
+    G = network.build_net(cfg.arch, "G", args)   # PG-GAN: built at its final resolution, stabilised
     G.eval()
-    z = np.random.default_rng(0).standard_normal((cfg.batch, 100)).astype(np.float32)
+    z = np.random.default_rng(0).standard_normal((cfg.batch, args["z_dim"])).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         forward, path = (lambda v: network.sample(G, v)), "dygraph"
         if cfg.engine == "inference":
             checkpoint = os.path.join(tmp, "checkpoint.pdparams")
-            save_checkpoint(checkpoint, {"format": FORMAT, "arch": "dcgan", "arch_args": G.args, "G": G.state_dict()})
+            save_checkpoint(checkpoint, {"format": FORMAT, "arch": cfg.arch, "arch_args": G.args,
+                                         "G": G.state_dict()})
             forward = generator.fast_generator(G, checkpoint)
             path = "inference-onednn-" + ("bf16" if forward.bf16 else "fp32")
         for _ in range(cfg.warmup):
@@ -64,7 +76,7 @@ def measure(cfg):
             for _ in range(cfg.steps):
                 forward(z)  # to uint8 on the host: the work generator.py does per batch
             rates.append(cfg.steps * cfg.batch / (time.perf_counter() - t))
-    return {"framework": "paddle", "mode": "generate", "size": cfg.size, "batch": cfg.batch,
+    return {"framework": "paddle", "mode": "generate", "arch": cfg.arch, "size": args["size"], "batch": cfg.batch,
             "img_per_s": round(statistics.median(rates), 2), "threads": os.environ.get("OMP_NUM_THREADS"),
             "path": path, "device": device, "paddle": paddle.__version__}
 
@@ -73,14 +85,16 @@ def main(argv=None):
     cfg = GenBenchConfig()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, value in vars(cfg).items():
-        choices = ["inference", "dygraph"] if name == "engine" else None
-        parser.add_argument("--" + name, type=type(value), default=value, choices=choices,
-                            help=f"(default: {value})")
+        choices = {"engine": ["inference", "dygraph"], "arch": list(network.ARCHITECTURES)}.get(name)
+        parser.add_argument("--" + name, type=int if value is None else type(value), default=value, choices=choices,
+                            help=f"(default: {'the reference' if value is None else value})")
     cfg = GenBenchConfig(**vars(parser.parse_args(argv)))
     for name in ("size", "batch", "width", "steps", "repeats"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    print(json.dumps(measure(cfg)))
+    with refusing(parser, runtime.ConfigError):
+        line = measure(cfg)
+    print(json.dumps(line))
 
 
 if __name__ == "__main__":

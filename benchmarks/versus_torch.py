@@ -14,6 +14,7 @@ Examples:
     python benchmarks/versus_torch.py --arch pggan --rounds 5
     python benchmarks/versus_torch.py --step dygraph           # Paddle's eager training step instead
     python benchmarks/versus_torch.py --mode generate --batch 64
+    python benchmarks/versus_torch.py --mode generate --arch pggan
 """
 import argparse
 import json
@@ -46,8 +47,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not os.path.exists(args.reference):
         parser.error(f"no PyTorch reference at {args.reference}: pass --reference PATH")
-    if args.mode == "generate" and args.arch != "dcgan":
-        parser.error(f"--mode generate times dcgan only so far (benchmarks/generate.py has no --arch {args.arch})")
     if args.batch is not None and args.batch < 1:
         parser.error(f"--batch must be at least 1, got {args.batch}")
     # to train, both scripts default to the reference's batch; to generate, the reference would take 128
@@ -55,7 +54,7 @@ def main(argv=None):
     sizes = ["--batch", str(batch)] if batch else []
     ours = os.path.join(HERE, "train_step.py" if args.mode == "train" else "generate.py")
     steps = ["--steps", "8", "--step", args.step] if args.mode == "train" else ["--steps", "10"]
-    arch = ["--arch", args.arch] if args.mode == "train" else []
+    arch = ["--arch", args.arch]
     paddle_runs, torch_runs = [], []
     for _ in range(args.rounds):
         paddle_runs.append(run([ours, *arch, *sizes, *steps, "--repeats", "1"]))

@@ -28,12 +28,21 @@ def test_train_step_benchmark_prints_one_json_line(step, path, tmp_path):
     assert line["path"] == path and line["threads"] is not None
 
 
-def test_generate_benchmark_prints_one_json_line(tmp_path):
-    result = run_script("benchmarks/generate.py", "--size", 16, "--batch", 4, "--width", 8, "--steps", 1,
+@pytest.mark.parametrize("arch, sizes", [("dcgan", ["--size", 16, "--width", 8]),
+                                         ("torchblog", ["--size", 16, "--width", 8]), ("pggan", ["--size", 8])])
+def test_generate_benchmark_prints_one_json_line(arch, sizes, tmp_path):
+    result = run_script("benchmarks/generate.py", "--arch", arch, *sizes, "--batch", 4, "--steps", 1,
                         "--warmup", 0, "--repeats", 1, "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout.strip())
-    assert line["mode"] == "generate" and line["img_per_s"] > 0
+    assert (line["mode"], line["arch"], line["size"], line["batch"]) == ("generate", arch, sizes[1], 4)
+    assert line["path"].startswith("inference-onednn") and line["img_per_s"] > 0
+
+
+def test_generate_benchmark_refuses_paddle_inference_for_an_architecture_without_it(tmp_path):
+    result = run_script("benchmarks/generate.py", "--arch", "vae", "--steps", 1, cwd=tmp_path)
+    assert result.returncode == 2 and "--engine inference does not run --arch vae" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("arch, sizes, g_steps, path", [
@@ -60,11 +69,6 @@ def test_train_step_benchmark_times_every_architecture(arch, sizes, g_steps, pat
 def test_train_step_benchmark_refuses_what_an_architecture_lacks(args, says, tmp_path):
     result = run_script("benchmarks/train_step.py", *args, "--steps", 1, cwd=tmp_path)
     assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
-
-
-def test_versus_torch_refuses_generation_of_an_architecture_generate_py_lacks(tmp_path):
-    result = run_script("benchmarks/versus_torch.py", "--arch", "pggan", "--mode", "generate", cwd=tmp_path)
-    assert result.returncode == 2 and "--mode generate times dcgan only" in result.stderr
 
 
 def test_train_step_benchmark_takes_the_augmentation(tmp_path):

@@ -11,7 +11,7 @@ import methods
 import network
 import progressive
 import train
-from conftest import assert_user_error, run_script, sigint_after
+from conftest import sigint_after
 
 SMALL = dict(size=16, z_dim=32, fmap_base=32, fmap_max=16)
 
