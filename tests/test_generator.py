@@ -98,7 +98,9 @@ def test_engines_agree_and_export_writes_a_deployable_model(checkpoint, tmp_path
 
 
 @pytest.mark.parametrize("arch, args", [("torchblog", dict(size=16, z_dim=100, width=8)),
-                                        ("pggan", dict(size=16, z_dim=32, fmap_base=64, fmap_max=16))])
+                                        ("pggan", dict(size=16, z_dim=32, fmap_base=64, fmap_max=16)),
+                                        ("vae", dict(size=16, z_dim=100, width=8)),
+                                        ("mlp", dict(size=16, z_dim=100)), ("conv128", dict(size=128, z_dim=100))])
 def test_paddle_inference_draws_what_eager_mode_draws_for_every_architecture(arch, args, tmp_path):
     """The exported forms: nearest upsampling rewritten for oneDNN, PG-GAN's convolution + leaky ReLU without
     the fusion pass that crashes; the faces within one grey level of eager mode's, float32 or bf16."""
