@@ -197,18 +197,19 @@ def ones_noise(z_dim, block=ONES_BLOCK, step=ONES_STEP):
 @contextlib.contextmanager
 def inference_form(G):
     """While paddle.jit.save traces G: its nearest upsampling (nn.Upsample layers, network.upsample) as
-    network.nearest_up2, a reshape and a broadcast with the same numbers. Paddle Inference 3.3's oneDNN path
-    cannot run nearest_interp ("ConvertPirAttribute2RuntimeAttribute not support" for its scale attribute)."""
+    network.nearest_up2, a reshape and a broadcast with the same numbers (Paddle Inference 3.3's oneDNN path
+    cannot run nearest_interp: "ConvertPirAttribute2RuntimeAttribute not support" for its scale attribute),
+    and PG-GAN's pixel norm as network.pixel_norm_by_conv (its channel mean as a 1x1 convolution on oneDNN)."""
     layers = [layer for layer in G.sublayers() if isinstance(layer, nn.Upsample) and layer.mode == "nearest"
               and layer.scale_factor in (2, 2.0, [2, 2])]
-    saved = network.upsample
-    network.upsample = network.nearest_up2
+    saved = network.upsample, network.pixel_norm
+    network.upsample, network.pixel_norm = network.nearest_up2, network.pixel_norm_by_conv
     for layer in layers:
         layer.forward = network.nearest_up2
     try:
         yield
     finally:
-        network.upsample = saved
+        network.upsample, network.pixel_norm = saved
         for layer in layers:
             del layer.forward
 

@@ -139,6 +139,13 @@ def test_nearest_upsampling_as_a_broadcast_equals_interpolate():
     np.testing.assert_allclose(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-6)  # 4 terms summed in another order
 
 
+@pytest.mark.parametrize("shape", [[4, 6, 5, 5], [4, 6]])
+def test_pixel_norm_by_convolution_equals_pixel_norm(shape):
+    x = paddle.randn(shape)
+    np.testing.assert_allclose(network.pixel_norm_by_conv(x).numpy(), network.pixel_norm(x).numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("layer", [paddle.nn.Dropout(0.5), paddle.nn.Dropout2D(0.2)])
 def test_dropout_from_a_fed_mask_drops_what_paddle_drops(layer):
     """The static step's dropout: a mask drawn from the same generator, fed in; forward and backward equal."""
