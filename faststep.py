@@ -392,7 +392,8 @@ class ProgressiveStep(StaticStep):
     batch changes.
 
     Example:
-        step = ProgressiveStep("pggan", G.args, res=32, fading=False, batch=16, lr=1e-3, beta1=0.0, beta2=0.99)
+        step = ProgressiveStep("pggan", G.args, res=32, fading=False, batch=16, lr=1e-3, beta1=0.0, beta2=0.99,
+                               gp_weight=progressive.GP_WEIGHT, drift=progressive.DRIFT)
         step.load(nets, opts)                    # {"G", "D", "G_ema"}, {"G", "D"}
         stats = step(progressive.real_at(real, 32, 1.0), alpha=1.0, beta=methods.ema_beta(updates))
     """
@@ -402,14 +403,15 @@ class ProgressiveStep(StaticStep):
     # it is the same to float rounding, and the forward convolutions are a small part of this step's time.
     onednn = ("conv2d_grad",)
 
-    def __init__(self, arch, arch_args, res, fading, batch, lr, beta1, beta2, augment=None, lecam=None):
+    def __init__(self, arch, arch_args, res, fading, batch, lr, beta1, beta2, gp_weight, drift, augment=None,
+                 lecam=None):
         if not network.architecture(arch).static_step:
             raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
         self.z_dim, self.fading, self.lecam = arch_args["z_dim"], fading, lecam
+        self.gp_weight, self.drift = gp_weight, drift   # progressive.GP_WEIGHT, DRIFT
         super().__init__(batch, res, augment, functools.partial(self._build, arch, arch_args, lr, beta1, beta2))
 
     def _build(self, arch, arch_args, lr, beta1, beta2):
-        from progressive import DRIFT, GP_WEIGHT   # progressive imports methods, which imports this module
         nets = self.networks(arch, arch_args, ("G", "D", "G_ema"))
         G, D, G_ema = nets["G"], nets["D"], nets["G_ema"]
         n, res, T = self.batch, self.size, self.T
@@ -430,9 +432,9 @@ class ProgressiveStep(StaticStep):
         x_hat.stop_gradient = False
         grad, = paddle.static.gradients([D(x_hat)], [x_hat])
         norm = paddle.sqrt(sum_rows((grad * grad).reshape([n, -1])) + 1e-12)
-        gp = GP_WEIGHT * ((norm - 1.0) ** 2).mean()
+        gp = self.gp_weight * ((norm - 1.0) ** 2).mean()
         wasserstein = score_fake.mean() - score_real.mean()
-        loss_D = wasserstein + gp + DRIFT * (score_real * score_real).mean()
+        loss_D = wasserstein + gp + self.drift * (score_real * score_real).mean()
         if self.lecam:  # balance.LeCam: the averages take the batch, then the term
             ema_real, ema_fake, decay = (paddle.static.data(name, [1], "float32")
                                          for name in ("lecam_real", "lecam_fake", "lecam_decay"))

@@ -207,7 +207,7 @@ class ProgressiveMethod(Method):
             for net in self.nets.values():
                 net.set_stage(res, alpha)
             self.fast = faststep.ProgressiveStep(self.arch, self.args, res, alpha < 1.0, real.shape[0], cfg.lr,
-                                                 cfg.beta1, cfg.beta2, self.T, self.lecam)
+                                                 cfg.beta1, cfg.beta2, GP_WEIGHT, DRIFT, self.T, self.lecam)
             self.fast.load(self.nets, self.opts)
             self.fast_key = key
         for net in self.nets.values():  # samples and evaluation draw at the stage reached

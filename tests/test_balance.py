@@ -193,4 +193,4 @@ def test_the_static_step_refuses_tricks():
         methods.choose_step("static", "cpu", "dcgan", 1, plain=False)
     assert methods.choose_step("auto", "cpu", "dcgan", 1, plain=False) == "dygraph"
     assert methods.choose_step("auto", "cpu", "torchblog", 1, plain=True) == "static"
-    assert methods.choose_step("auto", "cpu", "pggan", 1, plain=True) == "dygraph"
+    assert methods.choose_step("auto", "cpu", "vae", 1, plain=True) == "dygraph"

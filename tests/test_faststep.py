@@ -246,8 +246,8 @@ def test_progressive_static_step_equals_the_eager_iteration(res, alpha, kind, p,
     (eager, eager_opts), (static, static_opts) = pggan_setup(), pggan_setup()
     eager_T, static_T = Augment(kind, p), Augment(kind, p)
     eager_lecam, static_lecam = (LeCam(lecam), LeCam(lecam)) if lecam else (None, None)
-    step = faststep.ProgressiveStep("pggan", PGGAN_ARGS, res, alpha < 1.0, batch, 1e-3, 0.0, 0.99, static_T,
-                                    static_lecam)
+    step = faststep.ProgressiveStep("pggan", PGGAN_ARGS, res, alpha < 1.0, batch, 1e-3, 0.0, 0.99,
+                                    progressive.GP_WEIGHT, progressive.DRIFT, static_T, static_lecam)
     step.load(static, static_opts)
     for i, x in enumerate(real):
         paddle.seed(10 + i)
