@@ -245,6 +245,10 @@ class StaticStep:
                 feed[names] = paddle.rand(args[0]).numpy()
             elif kind == "mask":
                 feed[names] = dropout_mask(*args)
+            elif kind == "labels":
+                shape = args[0]
+                targets = self.labels.targets(paddle.zeros(shape), paddle.zeros(shape))
+                feed.update({names[k]: t.numpy() for k, t in zip(("real", "fake"), targets)})
             else:
                 numbers = self.augment.draw(self.batch, self.size)
                 feed.update({names[k]: v for k, v in numbers.items()})
@@ -297,10 +301,16 @@ class StaticStep:
 class FastStep(StaticStep):
     """methods.bce_iteration for one architecture and batch size, as a static program on the CPU."""
 
-    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2, augment=None, lecam=None):
+    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2, augment=None, lecam=None,
+                 tricks=None):
         if not network.architecture(arch).static_step:
             raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+        if tricks is not None and not tricks.steady:
+            raise ValueError("the static step updates both networks with Adam every iteration: no balancing rule "
+                             "or RMSProp")
         self.z_dim, self.d_steps, self.g_steps, self.lecam = arch_args["z_dim"], d_steps, g_steps, lecam
+        # balance.Tricks' label tricks (soft, jittered, flipped targets): D's targets drawn as eager d_step draws them
+        self.labels = tricks if tricks is not None and not tricks.plain_labels else None
         super().__init__(batch, arch_args["size"], augment,
                          functools.partial(self._build, arch, arch_args, lr, beta1, beta2))
 
@@ -326,7 +336,14 @@ class FastStep(StaticStep):
             more = fake if i == 0 else G(noise())
             logits_real, logits_fake = D(T(real)), D(T(more.detach()))
             err_real, err_fake = _bce(logits_real, 1.0), _bce(logits_fake, 0.0)
-            loss_D = err_real + err_fake
+            if self.labels:
+                targets = {k: paddle.static.data(f"labels{len(self.draws)}_{k}", [n], "float32")
+                           for k in ("real", "fake")}
+                self.draws.append(("labels", {k: v.name for k, v in targets.items()}, ([n],)))
+                loss_D = (F.binary_cross_entropy_with_logits(logits_real, targets["real"])
+                          + F.binary_cross_entropy_with_logits(logits_fake, targets["fake"]))
+            else:
+                loss_D = err_real + err_fake
             if self.lecam:  # balance.LeCam: the averages take the batch, then the term
                 keep = decay if i == 0 else self.lecam.decay
                 ema_real = keep * ema_real + (1 - keep) * logits_real.mean().detach()

@@ -94,14 +94,15 @@ def ema_update(G_ema, G, beta=EMA_BETA):
 def choose_step(name, device, arch, processes, plain):
     """The training step ('static' or 'dygraph') that --step `name` means on `device` for `arch`.
 
-    `plain`: the tutorial's Adam and BCE with no balancing or label tricks (all the static step does).
+    `plain`: every iteration updates both networks with a fixed-rate Adam (balance.Tricks.steady: no balancing
+    rule or RMSProp; label tricks may be on), which is what the static step does.
     """
     static = network.architecture(arch).static_step
     if name == "auto":
         return "static" if device == "cpu" and static and processes == 1 and plain else "dygraph"
     if name == "static" and not plain:
-        raise ConfigError("--step static runs the tutorial's Adam without --balance, --optimizer rmsprop or "
-                          "label tricks; use --step dygraph (or auto)")
+        raise ConfigError("--step static runs the tutorial's Adam without --balance or --optimizer rmsprop; "
+                          "use --step dygraph (or auto)")
     if name == "static" and processes > 1:
         raise ConfigError("--step static runs in one process; several processes train with --step dygraph (or auto)")
     if name == "static" and device != "cpu":
@@ -347,8 +348,9 @@ class BCEMethod(Method):
     """The tutorial's GAN (and the Torch blog's): BCE on logits, --d-steps D updates then --g-steps G updates.
 
     With balance.Tricks for the blog's skip rule and adaptive L2, label tricks and RMSProp.
-    On the CPU, where the architecture has one and the recipe is the plain GAN, the
-    iteration runs as faststep.py's static program, which holds the weights while it trains.
+    On the CPU, where the architecture has one and the recipe updates both networks with Adam every
+    iteration (label tricks allowed), the iteration runs as faststep.py's static program, which holds
+    the weights while it trains.
     """
     loss_label = "BCE loss"
     DEFAULTS = dict(z_dim=100, beta1=0.5, beta2=0.999, d_steps=1, g_steps=2, optimizer="adam", balance="none",
@@ -384,10 +386,10 @@ class BCEMethod(Method):
 
     def start(self, pos, device):
         cfg, G, D = self.cfg, self.nets["G"], self.nets["D"]
-        self.path = choose_step(cfg.step, device, self.arch, self.procs.world, self.tricks.plain)
+        self.path = choose_step(cfg.step, device, self.arch, self.procs.world, self.tricks.steady)
         if self.path == "static":
             self.fast = faststep.FastStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
-                                          cfg.d_steps, cfg.g_steps, self.T, self.lecam)
+                                          cfg.d_steps, cfg.g_steps, self.T, self.lecam, self.tricks)
             self.fast.load(G, D, self.opts["G"], self.opts["D"])
         self.G_run, self.D_run = self.procs.wrap(G), self.procs.wrap(D)
 
@@ -395,6 +397,8 @@ class BCEMethod(Method):
         if self.fast is not None:
             stats = self.fast(real)
             self.stale = True
+            self.tricks.d_updates += self.cfg.d_steps   # the counts eager steps keep (Tricks.step)
+            self.tricks.g_updates += self.cfg.g_steps
             checks = {"G": stats.pop("G_check"), "D": stats.pop("D_check")}
             if "G_ema" in self.nets:  # the average needs G's new weights every iteration
                 self.fast.store_net("G", self.nets["G"])

@@ -95,6 +95,31 @@ def test_static_step_equals_the_dygraph_step_with_augmentation_and_lecam(kind, p
         np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.parametrize("arch, labels", [("dcgan", dict(real_label=0.9)),
+                                          ("torchblog", dict(real_label=0.9, label_jitter=0.05, flip_labels=0.2))])
+def test_static_step_equals_the_dygraph_step_with_label_tricks(arch, labels):
+    """Soft, jittered and flipped targets drawn from the same seed in the eager step's order (after the dropout)."""
+    batch = 8
+    real = [paddle.uniform([batch, 3, 16, 16], min=-1, max=1) for _ in range(3)]
+    plain, static = setup(arch=arch), setup(arch=arch)
+    step = faststep.FastStep(arch, plain[0].args, batch, 2e-4, 0.5, 0.999, 1, 2, tricks=Tricks(**labels))
+    step.load(*static)
+    for i, x in enumerate(real):
+        paddle.seed(10 + i)
+        expected = methods.bce_iteration(*plain, x, 100, 1, 2, Tricks(**labels))
+        paddle.seed(10 + i)
+        got = step(x)
+        got.pop("G_check"), got.pop("D_check")
+        for k in expected:
+            assert got[k] == pytest.approx(expected[k], rel=1e-4, abs=1e-6), (i, k)
+    step.store(*static)
+    want, have = state(*plain), state(*static)
+    for k in want:
+        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    with pytest.raises(ValueError, match="no balancing rule"):
+        faststep.FastStep(arch, plain[0].args, batch, 2e-4, 0.5, 0.999, tricks=Tricks(balance="margin"))
+
+
 def test_store_then_load_round_trips_and_training_continues_in_dygraph():
     G, D, opt_G, opt_D = setup()
     step = faststep.FastStep("dcgan", G.args, 4, 2e-4, 0.5, 0.999)
