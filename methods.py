@@ -397,8 +397,6 @@ class BCEMethod(Method):
         if self.fast is not None:
             stats = self.fast(real)
             self.stale = True
-            self.tricks.d_updates += self.cfg.d_steps   # the counts eager steps keep (Tricks.step)
-            self.tricks.g_updates += self.cfg.g_steps
             checks = {"G": stats.pop("G_check"), "D": stats.pop("D_check")}
             if "G_ema" in self.nets:  # the average needs G's new weights every iteration
                 self.fast.store_net("G", self.nets["G"])
