@@ -59,10 +59,7 @@ def _dense_forward(self, x):
 
 def unary(op_type, x):
     """A legacy static op of one input, X -> Out: Paddle 3's tanh, sigmoid and matmul build only PIR programs."""
-    helper = LayerHelper(op_type)
-    out = helper.create_variable_for_type_inference(x.dtype)
-    helper.append_op(type=op_type, inputs={"X": x}, outputs={"Out": out})
-    return out
+    return legacy_op(op_type, {"X": x}, dtype=x.dtype)
 
 
 def _tanh_forward(self, x):
@@ -101,7 +98,7 @@ def lower(net, feed=None):
             layer.forward = types.MethodType(_dense_forward, layer)
         elif isinstance(layer, nn.Tanh):
             layer.forward = types.MethodType(_tanh_forward, layer)
-        elif isinstance(layer, nn.Upsample) and layer.mode == "nearest" and layer.scale_factor in (2, 2.0, [2, 2]):
+        elif network.nearest_doubling(layer):
             layer.forward = types.MethodType(_upsample_forward, layer)
         elif isinstance(layer, (nn.Dropout, nn.Dropout2D)):
             if getattr(layer, "mode", "upscale_in_train") != "upscale_in_train":
@@ -164,6 +161,7 @@ class StaticStep:
     `self.register` (which networks and optimizers it holds), and set `self.fetch`.
     """
     onednn = ONEDNN_OPS   # the ops that run on oneDNN
+    labels = None         # balance.Tricks whose label tricks draw D's targets (FastStep's)
 
     def __init__(self, batch, size, augment, build):
         # Run the ops one at a time (oneDNN and MKL use the cores themselves) and in the program's
@@ -327,9 +325,8 @@ class FastStep(StaticStep):
         opt_D = paddle.optimizer.Adam(parameters=D.parameters(), **adam)
         opt_G = paddle.optimizer.Adam(parameters=G.parameters(), **adam)
         d_names = {p.name for p in D.parameters()}
-        if self.lecam:  # LeCam's averages before the iteration and the decay of its first update (0 at the start)
-            ema_real, ema_fake, decay = (paddle.static.data(name, [1], "float32")
-                                         for name in ("lecam_real", "lecam_fake", "lecam_decay"))
+        if self.lecam:
+            ema_real, ema_fake, decay = lecam_inputs()
 
         fake = G(noise())
         for i in range(self.d_steps):
@@ -344,11 +341,9 @@ class FastStep(StaticStep):
                           + F.binary_cross_entropy_with_logits(logits_fake, targets["fake"]))
             else:
                 loss_D = err_real + err_fake
-            if self.lecam:  # balance.LeCam: the averages take the batch, then the term
-                keep = decay if i == 0 else self.lecam.decay
-                ema_real = keep * ema_real + (1 - keep) * logits_real.mean().detach()
-                ema_fake = keep * ema_fake + (1 - keep) * logits_fake.mean().detach()
-                reg = self.lecam.weight * lecam_term(logits_real, logits_fake, ema_real, ema_fake)
+            if self.lecam:
+                reg, ema_real, ema_fake = lecam_regulariser(self.lecam, logits_real, logits_fake, ema_real, ema_fake,
+                                                            decay if i == 0 else self.lecam.decay)
                 opt_D.minimize(loss_D + reg, parameters=D.parameters())
             else:
                 opt_D.minimize(loss_D, parameters=D.parameters())
@@ -388,6 +383,19 @@ class FastStep(StaticStep):
         if self.lecam:  # the last D update's term, and the averages after the iteration
             stats["lecam"], self.lecam.real, self.lecam.fake = values[len(names):]
         return stats
+
+
+def lecam_inputs():
+    """LeCam's averages before the iteration and the decay of its first update (0 at the start): program inputs."""
+    return tuple(paddle.static.data(name, [1], "float32") for name in ("lecam_real", "lecam_fake", "lecam_decay"))
+
+
+def lecam_regulariser(lecam, out_real, out_fake, ema_real, ema_fake, keep):
+    """balance.LeCam in a program: the averages take the batch (keeping `keep` of themselves), then the weighted
+    term. Returns (term, new averages)."""
+    ema_real = keep * ema_real + (1 - keep) * out_real.mean().detach()
+    ema_fake = keep * ema_fake + (1 - keep) * out_fake.mean().detach()
+    return lecam.weight * lecam_term(out_real, out_fake, ema_real, ema_fake), ema_real, ema_fake
 
 
 def parameter_sums(*nets):
@@ -452,12 +460,9 @@ class ProgressiveStep(StaticStep):
         gp = self.gp_weight * ((norm - 1.0) ** 2).mean()
         wasserstein = score_fake.mean() - score_real.mean()
         loss_D = wasserstein + gp + self.drift * (score_real * score_real).mean()
-        if self.lecam:  # balance.LeCam: the averages take the batch, then the term
-            ema_real, ema_fake, decay = (paddle.static.data(name, [1], "float32")
-                                         for name in ("lecam_real", "lecam_fake", "lecam_decay"))
-            ema_real = decay * ema_real + (1 - decay) * score_real.mean().detach()
-            ema_fake = decay * ema_fake + (1 - decay) * score_fake.mean().detach()
-            reg = self.lecam.weight * lecam_term(score_real, score_fake, ema_real, ema_fake)
+        if self.lecam:
+            ema_real, ema_fake, decay = lecam_inputs()
+            reg, ema_real, ema_fake = lecam_regulariser(self.lecam, score_real, score_fake, ema_real, ema_fake, decay)
             opt_D.minimize(loss_D + reg, parameters=D.parameters())
         else:
             opt_D.minimize(loss_D, parameters=D.parameters())
@@ -473,13 +478,8 @@ class ProgressiveStep(StaticStep):
             self.fetch += [reg, ema_real, ema_fake]
         self.register(nets, {"G": opt_G, "D": opt_D})
 
-    def load(self, nets, opts):
-        """Copy the weights of nets "G", "D", "G_ema" and the Adam state of opts "G", "D" into the program."""
-        self.load_parts(nets, opts)
-
-    def store(self, nets, opts):
-        """Copy the program's weights and Adam state back into the dygraph objects."""
-        self.store_parts(nets, opts)
+    # the weights of nets "G", "D", "G_ema" and the Adam state of opts "G", "D", in and out
+    load, store = StaticStep.load_parts, StaticStep.store_parts
 
     def __call__(self, real, alpha, beta):
         """One iteration on `real` (progressive.real_at of the batch at this stage) at `alpha`, G's average

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import runtime  # before Paddle: thread and MKL settings; the device option
 import numpy as np
 import paddle
-import paddle.nn as nn
 
 import checkpoint
 import network
@@ -200,8 +199,7 @@ def inference_form(G):
     network.nearest_up2, a reshape and a broadcast with the same numbers (Paddle Inference 3.3's oneDNN path
     cannot run nearest_interp: "ConvertPirAttribute2RuntimeAttribute not support" for its scale attribute),
     and PG-GAN's pixel norm as network.pixel_norm_by_conv (its channel mean as a 1x1 convolution on oneDNN)."""
-    layers = [layer for layer in G.sublayers() if isinstance(layer, nn.Upsample) and layer.mode == "nearest"
-              and layer.scale_factor in (2, 2.0, [2, 2])]
+    layers = [layer for layer in G.sublayers() if network.nearest_doubling(layer)]
     saved = network.upsample, network.pixel_norm
     network.upsample, network.pixel_norm = network.nearest_up2, network.pixel_norm_by_conv
     for layer in layers:

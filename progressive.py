@@ -204,8 +204,6 @@ class ProgressiveMethod(Method):
         if self.fast is None or key != self.fast_key:
             self.sync()
             cfg = self.cfg
-            for net in self.nets.values():
-                net.set_stage(res, alpha)
             self.fast = faststep.ProgressiveStep(self.arch, self.args, res, alpha < 1.0, real.shape[0], cfg.lr,
                                                  cfg.beta1, cfg.beta2, GP_WEIGHT, DRIFT, self.T, self.lecam)
             self.fast.load(self.nets, self.opts)
