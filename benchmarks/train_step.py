@@ -78,8 +78,9 @@ def run_config(cfg):
                         g_steps=run.g_steps if train.applies("g_steps", arch) else None)
 
 
-def measure(cfg):
-    """Median img/s of cfg.repeats timings of cfg.steps training steps."""
+def prepare(cfg):
+    """(step, cfg with its sizes filled, the method's path, device): `step()` runs one training iteration as
+    train.py would, on a fixed random batch."""
     device = runtime.select_device(cfg.device)
     run, cfg = run_config(cfg)
     paddle.seed(0)
@@ -95,6 +96,12 @@ def measure(cfg):
     def step():  # train.py's own iteration through the architecture's method; it returns floats: the work is done
         method.step(real, final)
 
+    return step, cfg, path, device
+
+
+def measure(cfg):
+    """Median img/s of cfg.repeats timings of cfg.steps training steps."""
+    step, cfg, path, device = prepare(cfg)
     for _ in range(cfg.warmup):
         step()
     rates = []

@@ -95,3 +95,12 @@ def test_recipes_trains_evaluates_and_tables_each_recipe_once(lfw8, tmp_path):
 def test_recipes_refuses_a_recipe_without_a_name(tmp_path):
     result = run_script("benchmarks/recipes.py", "--recipe", "--augment ada", cwd=tmp_path)
     assert result.returncode == 2 and "NAME=FLAGS" in result.stderr.strip().splitlines()[-1]
+
+
+def test_profile_step_lists_the_static_programs_ops(tmp_path):
+    result = run_script("benchmarks/profile_step.py", "--arch", "torchblog", "--iterations", 1, "--warmup", 1,
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "static step" in result.stdout and "conv2d_grad" in result.stdout and "expand_v2" in result.stdout
+    bad = run_script("benchmarks/profile_step.py", "--warmup", 0, cwd=tmp_path)
+    assert bad.returncode == 2 and "--warmup must be at least 1" in bad.stderr
