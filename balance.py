@@ -112,12 +112,6 @@ class Tricks:
         return self.balance == "none" and self.optimizer == "adam" and self.plain_labels
 
     @property
-    def steady(self):
-        """Every iteration updates both networks, with Adam at a fixed rate: no skip rule, no adaptive L2, no
-        RMSProp warm-up (label tricks may be on). What the static CPU step carries."""
-        return self.balance == "none" and self.optimizer == "adam"
-
-    @property
     def plain_labels(self):
         return self.real_label == 1.0 and not self.label_jitter and not self.flip_labels
 

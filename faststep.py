@@ -9,6 +9,10 @@ its batch_norm_grad fails in these programs). G's first layer, a transposed conv
 1x1 input, runs as the one matrix product it is (Paddle's kernel does a matrix-vector product
 per sample), with the same parameter. Measured alternatives are in benchmarks/README.md.
 
+The balancing tricks (balance.Tricks) run inside the program too: the skip rules decide from each D
+step's errors before its update, and a skipped update restores what it changed (`keeping`); the
+adaptive L2's coefficient and RMSProp's warm-up rates are inputs (FastStep's docstring).
+
 Any architecture whose ops the program can carry gets the step from `lower`, which rewrites the
 layers that have no static form or no fast kernel: nearest upsampling becomes a reshape and a
 broadcast, and dropout multiplies by a mask that the step draws from Paddle's generator before
@@ -38,10 +42,11 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.base.layer_helper import LayerHelper
+from paddle.static.nn.control_flow import select_input
 
 import checkpoint
 import network
-from balance import lecam_term
+from balance import Tricks, lecam_term, make_optimizer, rmsprop_lr
 
 
 ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad and conv2d_transpose fail in these programs
@@ -135,6 +140,11 @@ def sum_rows(x):
     return legacy_op("reduce_sum", {"X": x}, {"dim": [1], "keep_dim": False, "reduce_all": False})
 
 
+def sum_all(x):
+    """x.sum() in a legacy program."""
+    return legacy_op("reduce_sum", {"X": x}, {"dim": [], "keep_dim": False, "reduce_all": True})
+
+
 @contextlib.contextmanager
 def legacy_api():
     """While a program is built: the paddle functions that networks call and that Paddle 3 builds only into
@@ -162,6 +172,7 @@ class StaticStep:
     """
     onednn = ONEDNN_OPS   # the ops that run on oneDNN
     labels = None         # balance.Tricks whose label tricks draw D's targets (FastStep's)
+    rewind_from = None    # the draw from which `rewind` holds the generator's state (numbers a run may give back)
 
     def __init__(self, batch, size, augment, build):
         # Run the ops one at a time (oneDNN and MKL use the cores themselves) and in the program's
@@ -236,7 +247,9 @@ class StaticStep:
         """The feed of the random inputs: the eager step's noise, dropout masks and T's numbers, drawn in its
         order from Paddle's global generator."""
         feed = {}
-        for kind, names, args in self.draws:
+        for i, (kind, names, args) in enumerate(self.draws):
+            if i == self.rewind_from:
+                self.rewind = paddle.get_rng_state()
             if kind == "z":
                 feed[names] = paddle.randn(args[0]).numpy()
             elif kind == "u":
@@ -250,6 +263,8 @@ class StaticStep:
             else:
                 numbers = self.augment.draw(self.batch, self.size)
                 feed.update({names[k]: v for k, v in numbers.items()})
+        if self.rewind_from == len(self.draws):
+            self.rewind = paddle.get_rng_state()
         return feed
 
     def run(self, real, feed):
@@ -297,42 +312,61 @@ class StaticStep:
 
 
 class FastStep(StaticStep):
-    """methods.bce_iteration for one architecture and batch size, as a static program on the CPU."""
+    """methods.bce_iteration for one architecture and batch size, as a static program on the CPU, with the
+    Torch blog's balancing (balance.Tricks) as the eager step applies it:
+
+    - the skip rules (margin, equilibrium) decide inside the program from each D step's errors, before its
+      update; a skipped update leaves the weights and optimizer state as they were. A skipped G phase
+      (the first D step's word) also leaves the BatchNorm statistics its forwards moved, and the random
+      numbers drawn for it go back to the generator, as if the eager step had never drawn them;
+    - the adaptive L2 on D takes its coefficient as an input;
+    - RMSProp takes each update's warm-up rate as an input (D's picked in the program by how many of the
+      iteration's earlier D steps updated);
+    - label tricks draw D's targets as eager d_step draws them.
+    """
 
     def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2, augment=None, lecam=None,
                  tricks=None):
         if not network.architecture(arch).static_step:
             raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
-        if tricks is not None and not tricks.steady:
-            raise ValueError("the static step updates both networks with Adam every iteration: no balancing rule "
-                             "or RMSProp")
         self.z_dim, self.d_steps, self.g_steps, self.lecam = arch_args["z_dim"], d_steps, g_steps, lecam
+        self.lr = lr
+        # balancing and label tricks, and their counters, which each run moves as bce_iteration does
+        self.tricks = tricks if tricks is not None else Tricks()
         # balance.Tricks' label tricks (soft, jittered, flipped targets): D's targets drawn as eager d_step draws them
-        self.labels = tricks if tricks is not None and not tricks.plain_labels else None
+        self.labels = self.tricks if not self.tricks.plain_labels else None
         super().__init__(batch, arch_args["size"], augment,
                          functools.partial(self._build, arch, arch_args, lr, beta1, beta2))
 
     def _build(self, arch, arch_args, lr, beta1, beta2):
         nets = self.networks(arch, arch_args, ("G", "D"))
         G, D = nets["G"], nets["D"]
-        n, z_dim, size, T = self.batch, self.z_dim, self.size, self.T
+        n, z_dim, size, T, tricks = self.batch, self.z_dim, self.size, self.T, self.tricks
         real = paddle.static.data("real", [n, 3, size, size], "float32")
 
         def noise():
             return self.input("z", [n, z_dim])
 
-        adam = dict(learning_rate=lr, beta1=beta1, beta2=beta2)
-        opt_D = paddle.optimizer.Adam(parameters=D.parameters(), **adam)
-        opt_G = paddle.optimizer.Adam(parameters=G.parameters(), **adam)
+        opt_D = make_optimizer(tricks.optimizer, lr, beta1, beta2, D.parameters())
+        opt_G = make_optimizer(tricks.optimizer, lr, beta1, beta2, G.parameters())
+        warmup = tricks.optimizer == "rmsprop"
+        if warmup:  # each update's rate: D's for its count before the iteration + 0, 1, ...; G's per update
+            rates_D, rates_G = (paddle.static.data(name, [k], "float32")
+                                for name, k in (("rates_D", self.d_steps), ("rates_G", self.g_steps)))
         d_names = {p.name for p in D.parameters()}
         if self.lecam:
             ema_real, ema_fake, decay = lecam_inputs()
+        skips = []  # per D step, (skip D, skip G): the rule's decision
 
         fake = G(noise())
         for i in range(self.d_steps):
             more = fake if i == 0 else G(noise())
             logits_real, logits_fake = D(T(real)), D(T(more.detach()))
             err_real, err_fake = _bce(logits_real, 1.0), _bce(logits_fake, 0.0)
+            if tricks.skipping:
+                skips.append(skip_rule(err_real, err_fake, *tricks.band()))
+            if i == 0:
+                loss_G_unchanged = _bce(logits_fake, 1.0)  # G's loss when its updates are skipped
             if self.labels:
                 targets = {k: paddle.static.data(f"labels{len(self.draws)}_{k}", [n], "float32")
                            for k in ("real", "fake")}
@@ -341,24 +375,61 @@ class FastStep(StaticStep):
                           + F.binary_cross_entropy_with_logits(logits_fake, targets["fake"]))
             else:
                 loss_D = err_real + err_fake
+            total = loss_D  # bce_iteration's order: loss, then the L2 penalty, then LeCam's term
+            if tricks.balance == "l2":
+                coef = paddle.static.data("coef_l2", [1], "float32")
+                total = total + coef * paddle.add_n([sum_all(p * p) for p in D.parameters() if p.trainable]) / 2
             if self.lecam:
                 reg, ema_real, ema_fake = lecam_regulariser(self.lecam, logits_real, logits_fake, ema_real, ema_fake,
                                                             decay if i == 0 else self.lecam.decay)
-                opt_D.minimize(loss_D + reg, parameters=D.parameters())
-            else:
-                opt_D.minimize(loss_D, parameters=D.parameters())
+                total = total + reg
+            rate = None
+            if warmup:  # the rate of D's count: its count before the iteration + the earlier steps that updated
+                rate = (gather_count(rates_D, [logical("not", s[0]) for s in skips[:i]])
+                        if tricks.skipping and i else rates_D[i:i + 1])
+            self.update(opt_D, total, D.parameters(), rate=rate, skip=skips[i][0] if tricks.skipping else None)
+
+        # G's phase: skipped as a whole by the first D step's word, with every state it touches kept
+        self.rewind_from = len(self.draws)
+        kept = []
+        if tricks.skipping:
+            trained = [p for p in G.parameters() if p.trainable]
+            opt_G._create_accumulators(paddle.static.default_main_program().global_block(), trained)
+            kept = (list(G.state_dict().values()) + optimizer_vars(opt_G, trained)
+                    + [v for v in D.state_dict().values() if v.name not in d_names or not v.trainable])
         losses_G = []
-        for i in range(self.g_steps):
-            more = fake if i == 0 else G(noise())
-            loss_G = _bce(D(T(more)), 1.0)
-            opt_G.minimize(loss_G, parameters=G.parameters(), no_grad_set=d_names)
-            losses_G.append(loss_G)
+        with keeping(skips[0][1] if tricks.skipping else None, kept):
+            for i in range(self.g_steps):
+                more = fake if i == 0 else G(noise())
+                loss_G = _bce(D(T(more)), 1.0)
+                self.update(opt_G, loss_G, G.parameters(), rate=rates_G[i:i + 1] if warmup else None,
+                            no_grad_set=d_names)
+                losses_G.append(loss_G)
+        loss_G = paddle.stack(losses_G).mean()
+        if tricks.skipping:
+            loss_G = paddle.where(skips[0][1], loss_G_unchanged, loss_G)
         self.fetch = [loss_D, unary("sigmoid", logits_real).mean(), unary("sigmoid", logits_fake).mean(),
-                      err_real, err_fake, paddle.stack(losses_G).mean(), unary("sign", logits_real).mean(),
+                      err_real, err_fake, loss_G, unary("sign", logits_real).mean(),
                       *parameter_sums(G, D)]
         if self.lecam:
             self.fetch += [reg, ema_real, ema_fake]
+        self.fetch += [flag for pair in skips for flag in pair]
         self.register(nets, {"G": opt_G, "D": opt_D})
+
+    @staticmethod
+    def update(opt, loss, parameters, rate=None, skip=None, no_grad_set=None):
+        """`opt`'s update of `parameters` by `loss`, at the learning rate `rate` (a program variable) if given,
+        undone where the boolean `skip` is true (weights and optimizer state as they were)."""
+        if rate is not None:
+            opt._learning_rate_map[paddle.static.default_main_program()] = rate
+        if skip is None:
+            opt.minimize(loss, parameters=parameters, no_grad_set=no_grad_set)
+            return
+        grads = opt.backward(loss, parameters=parameters, no_grad_set=no_grad_set)
+        trained = [p for p in parameters if p.trainable]
+        opt._create_accumulators(paddle.static.default_main_program().global_block(), trained)
+        with keeping(skip, trained + optimizer_vars(opt, trained)):
+            opt.apply_gradients(grads)
 
     def load(self, G, D, opt_G, opt_D):
         """Copy weights, BatchNorm statistics and Adam state from the dygraph objects into the program."""
@@ -371,18 +442,84 @@ class FastStep(StaticStep):
     def __call__(self, real):
         """One iteration on the batch `real` (N x 3 x S x S in [-1, 1]).
 
-        Returns the numbers train_iteration does, and G_check, D_check: the sum of each network's
+        Returns the numbers bce_iteration does, and G_check, D_check: the sum of each network's
         parameter means after the updates, finite while every parameter is (train.py checks it).
+        Moves the tricks' counters (updates, skips, the L2 coefficient) as bce_iteration does.
         """
+        tricks = self.tricks
         feed = self.draw()
         if self.lecam:
             feed.update(lecam_feed(self.lecam))
+        if tricks.balance == "l2":
+            feed["coef_l2"] = np.array([tricks.coef_l2], np.float32)
+        if tricks.optimizer == "rmsprop":
+            feed["rates_D"] = np.array([rmsprop_lr(self.lr, tricks.d_updates + i) for i in range(self.d_steps)],
+                                       np.float32)
+            feed["rates_G"] = np.array([rmsprop_lr(self.lr, tricks.g_updates + i) for i in range(self.g_steps)],
+                                       np.float32)
         names = ("loss_D", "D_real", "D_fake", "err_R", "err_F", "loss_G", "sign_real", "G_check", "D_check")
         values = self.run(real, feed)
         stats = dict(zip(names, values))
+        rest = values[len(names):]
         if self.lecam:  # the last D update's term, and the averages after the iteration
-            stats["lecam"], self.lecam.real, self.lecam.fake = values[len(names):]
+            (stats["lecam"], self.lecam.real, self.lecam.fake), rest = rest[:3], rest[3:]
+        skip_d, skip_g = [bool(v) for v in rest[0::2]], [bool(v) for v in rest[1::2]]
+        tricks.d_skips += sum(skip_d)
+        tricks.g_skips += sum(skip_g)
+        tricks.d_updates += self.d_steps - sum(skip_d)
+        if skip_g and skip_g[0]:  # the eager step would not have drawn G's phase's numbers
+            paddle.set_rng_state(self.rewind)
+        else:
+            tricks.g_updates += self.g_steps
+        tricks.after(stats["loss_G"])
         return stats
+
+
+def skip_rule(err_real, err_fake, low, high):
+    """balance.margin_rule and equilibrium_rule in a program: (skip D, skip G) as booleans, for D's errors and
+    the rule's band (Tricks.band). D's update is skipped while either error is below `low`, G's while either
+    is above `high`; both update when both would be skipped. Compared in float64, as the eager rule compares
+    the errors' float values."""
+    errors = [paddle.cast(e, "float64").reshape([1]) for e in (err_real, err_fake)]
+    below = logical("or", *[e < low for e in errors])
+    above = logical("or", *[e > high for e in errors])
+    return logical("and", below, logical("not", above)), logical("and", above, logical("not", below))
+
+
+def logical(op, x, y=None):
+    """Paddle's logical_and/or/not as legacy ops (Paddle 3 builds them only into PIR programs)."""
+    return legacy_op(f"logical_{op}", {"X": x} if y is None else {"X": x, "Y": y}, dtype="bool")
+
+
+def gather_count(rates, done):
+    """rates[number of true flags in `done`]: the rate of an update after those of the iteration's earlier steps."""
+    count = paddle.add_n([paddle.cast(d, "int64").reshape([1]) for d in done])
+    return paddle.gather(rates, count)
+
+
+def optimizer_vars(opt, parameters):
+    """The program variables of `opt`'s state for `parameters` (moments, powers, mean squares)."""
+    names = {p.name for p in parameters}
+    return [var for table in opt._accumulators.values() for name, var in table.items() if name in names]
+
+
+@contextlib.contextmanager
+def keeping(skip, variables):
+    """The ops appended within leave `variables` as they were where the boolean `skip` is true: copies
+    taken before, and put back after. With skip None, nothing is added."""
+    if skip is None:
+        yield
+        return
+    saved = [paddle.assign(v) for v in variables]
+    yield
+    which = paddle.cast(skip, "int32")  # 1: the copy from before
+    for v, before in zip(variables, saved):
+        kept = select_input([v, before], which)
+        # not a path for later gradients: a later backward would otherwise differentiate through the copies
+        # (assign passes its input's stop_gradient on to `v`, whose own is put back)
+        trainable, before.stop_gradient, kept.stop_gradient = not v.stop_gradient, True, True
+        paddle.assign(kept, output=v)
+        v.stop_gradient = not trainable
 
 
 def lecam_inputs():

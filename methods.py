@@ -91,18 +91,11 @@ def ema_update(G_ema, G, beta=EMA_BETA):
             e.set_value(p if p.stop_gradient else e * beta + p * (1.0 - beta))
 
 
-def choose_step(name, device, arch, processes, plain):
-    """The training step ('static' or 'dygraph') that --step `name` means on `device` for `arch`.
-
-    `plain`: every iteration updates both networks with a fixed-rate Adam (balance.Tricks.steady: no balancing
-    rule or RMSProp; label tricks may be on), which is what the static step does.
-    """
+def choose_step(name, device, arch, processes):
+    """The training step ('static' or 'dygraph') that --step `name` means on `device` for `arch`."""
     static = network.architecture(arch).static_step
     if name == "auto":
-        return "static" if device == "cpu" and static and processes == 1 and plain else "dygraph"
-    if name == "static" and not plain:
-        raise ConfigError("--step static runs the tutorial's Adam without --balance or --optimizer rmsprop; "
-                          "use --step dygraph (or auto)")
+        return "static" if device == "cpu" and static and processes == 1 else "dygraph"
     if name == "static" and processes > 1:
         raise ConfigError("--step static runs in one process; several processes train with --step dygraph (or auto)")
     if name == "static" and device != "cpu":
@@ -348,9 +341,8 @@ class BCEMethod(Method):
     """The tutorial's GAN (and the Torch blog's): BCE on logits, --d-steps D updates then --g-steps G updates.
 
     With balance.Tricks for the blog's skip rule and adaptive L2, label tricks and RMSProp.
-    On the CPU, where the architecture has one and the recipe updates both networks with Adam every
-    iteration (label tricks allowed), the iteration runs as faststep.py's static program, which holds
-    the weights while it trains.
+    On the CPU, where the architecture has one, the iteration runs as faststep.py's static program (tricks
+    and all), which holds the weights while it trains.
     """
     loss_label = "BCE loss"
     DEFAULTS = dict(z_dim=100, beta1=0.5, beta2=0.999, d_steps=1, g_steps=2, optimizer="adam", balance="none",
@@ -386,7 +378,7 @@ class BCEMethod(Method):
 
     def start(self, pos, device):
         cfg, G, D = self.cfg, self.nets["G"], self.nets["D"]
-        self.path = choose_step(cfg.step, device, self.arch, self.procs.world, self.tricks.steady)
+        self.path = choose_step(cfg.step, device, self.arch, self.procs.world)
         if self.path == "static":
             self.fast = faststep.FastStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
                                           cfg.d_steps, cfg.g_steps, self.T, self.lecam, self.tricks)
@@ -460,7 +452,7 @@ class VAEMethod(Method):
                      for name in ("E", "G")}
 
     def start(self, pos, device):
-        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world, plain=True)
+        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world)
         self.E_run, self.G_run = self.procs.wrap(self.nets["E"]), self.procs.wrap(self.nets["G"])
 
     def step(self, real, pos):
@@ -553,7 +545,7 @@ class VAEGANMethod(Method):
         self.load_regularity(state)
 
     def start(self, pos, device):
-        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world, plain=True)
+        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world)
         self.run = {name: self.procs.wrap(net) for name, net in self.nets.items()}
 
     def step(self, real, pos):

@@ -180,7 +180,7 @@ class ProgressiveMethod(Method):
         return stage(images_seen, self.phase_images, self.size)
 
     def start(self, pos, device):
-        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world, plain=True)
+        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world)
         self.phase = self.at(pos.images_seen)[2]
         self.G_run, self.D_run = self.procs.wrap(self.nets["G"]), self.procs.wrap(self.nets["D"])
         self.fast, self.fast_key, self.stale = None, None, False

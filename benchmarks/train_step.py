@@ -16,6 +16,7 @@ Examples:
     python benchmarks/train_step.py --arch torchblog            # 32x32, width 32, batch 64, 2 G updates
     python benchmarks/train_step.py --arch pggan                # 32x32, batch 16, WGAN-GP + moving average
     python benchmarks/train_step.py --step dygraph     # Paddle's eager mode, for the ratio
+    python benchmarks/train_step.py --arch torchblog --balance margin --optimizer rmsprop   # the blog's recipe
     python benchmarks/train_step.py --size 32 --batch 64 --width 32 --g-steps 2 --augment diffaug   # the quick start's
     python benchmarks/versus_torch.py                  # this and the reference, alternately
     OMP_NUM_THREADS=1 python benchmarks/train_step.py  # the thread setup's effect
@@ -35,6 +36,7 @@ import paddle  # noqa: E402
 
 import network  # noqa: E402
 import train  # noqa: E402
+from balance import BALANCES, OPTIMIZERS  # noqa: E402
 from control import Processes  # noqa: E402
 
 
@@ -53,6 +55,8 @@ class StepBenchConfig:
     augment: str = "none"  # as train.py --augment: none, diffaug or ada (at p = 0.5 here)
     lecam: float = 0.0     # as train.py --lecam
     ema: int = 0           # 1: as train.py --ema
+    balance: str = None    # as train.py --balance (BCE GANs): none, margin, equilibrium, l2
+    optimizer: str = None  # as train.py --optimizer (BCE GANs): adam, rmsprop
 
 
 REFERENCE_SIZES = {"dcgan": dict(size=64, batch=128, width=64, g_steps=1)}   # torch_reference.py's dcgan
@@ -65,7 +69,8 @@ def run_config(cfg):
              **{k: getattr(cfg, k) for k in ("size", "batch", "width", "g_steps") if getattr(cfg, k) is not None}}
     size = sizes.get("size") or next(s for s in (32, 64, 128, 256) if not arch.size_problem(s))
     given = dict(width=sizes.get("width"), g_steps=sizes.get("g_steps"), augment=None if cfg.augment == "none"
-                 else cfg.augment, lecam=cfg.lecam or None, ema=bool(cfg.ema) or None)
+                 else cfg.augment, lecam=cfg.lecam or None, ema=bool(cfg.ema) or None, balance=cfg.balance,
+                 optimizer=cfg.optimizer)
     if "batch" in sizes and train.applies("batch_size", arch):
         given["batch_size"] = sizes["batch"]
     elif "batch" in sizes:   # PG-GAN has no --batch-size: the batch at every resolution, its final one's
@@ -112,6 +117,7 @@ def measure(cfg):
         rates.append(cfg.steps * cfg.batch / (time.perf_counter() - t))
     return {"framework": "paddle", "mode": "train", "arch": cfg.arch, "size": cfg.size, "batch": cfg.batch,
             "g_steps": cfg.g_steps, "augment": cfg.augment, "lecam": cfg.lecam, "ema": cfg.ema,
+            "balance": cfg.balance, "optimizer": cfg.optimizer,
             "img_per_s": round(statistics.median(rates), 2),
             "threads": os.environ.get("OMP_NUM_THREADS"), "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE"),
             "path": path, "device": device, "paddle": paddle.__version__}
@@ -129,6 +135,9 @@ def main(argv=None):
         parser.error(f"--step must be auto, static or dygraph, got {cfg.step!r}")
     if cfg.augment not in ("none", "diffaug", "ada"):
         parser.error(f"--augment must be none, diffaug or ada, got {cfg.augment!r}")
+    for name, choices in (("balance", BALANCES), ("optimizer", OPTIMIZERS)):
+        if getattr(cfg, name) is not None and getattr(cfg, name) not in choices:
+            parser.error(f"--{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
     if cfg.arch not in network.ARCHITECTURES:
         parser.error(f"--arch must be one of {', '.join(network.ARCHITECTURES)}, got {cfg.arch!r}")
     for name in ("size", "batch", "width", "g_steps", "steps", "repeats"):

@@ -39,10 +39,10 @@ SCENARIOS = {
     "dcgan-dygraph": dict(arch="dcgan", ema=False, epochs=5, batch_size=16, width=8, step="dygraph"),
     "torchblog-tricks": dict(arch="torchblog", ema=False, epochs=5, batch_size=16, width=8, balance="margin",
                              optimizer="rmsprop", real_label=0.9, flip_labels=0.05, label_jitter=0.05,
-                             ),
+                             step="dygraph"),  # recorded on the eager step, before the static one had tricks
     # a high learning rate, so that both skip rules of the margin balance fire within 20 iterations
     "dcgan-margin": dict(arch="dcgan", ema=False, epochs=5, batch_size=16, width=8, balance="margin", margin=0.4,
-                         lr=0.02, real_label=0.9),
+                         lr=0.02, real_label=0.9, step="dygraph"),  # as torchblog-tricks
     # 4 iterations at 4x4 (batch 16), 8 fading 8x8 in (batch 8), 8 stabilising: 10 is mid-fade
     "pggan-fade": dict(arch="pggan", size=8, epochs=3, phase_kimg=0.064, batch_sizes="4:16,8:8", z_dim=32,
                        fmap_base=32, fmap_max=16, step="dygraph"),  # 16, 8 channels (64 before issue 13's

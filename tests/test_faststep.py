@@ -116,8 +116,62 @@ def test_static_step_equals_the_dygraph_step_with_label_tricks(arch, labels):
     want, have = state(*plain), state(*static)
     for k in want:
         np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
-    with pytest.raises(ValueError, match="no balancing rule"):
-        faststep.FastStep(arch, plain[0].args, batch, 2e-4, 0.5, 0.999, tricks=Tricks(balance="margin"))
+
+
+COUNTERS = ("d_skips", "g_skips", "d_updates", "g_updates", "coef_l2")
+
+
+@pytest.mark.parametrize("arch, options, d_steps, g_steps, lr, iterations, fired", [
+    # G's phase skipped in some iterations, not in others (with 2 D steps the first one's word counts)
+    ("dcgan", dict(balance="margin", margin=0.3), 2, 1, 2e-3, 4, "G"),
+    ("dcgan", dict(balance="equilibrium", margin=0.02), 2, 2, 2e-3, 4, "DG"),
+    # RMSProp across its warm-up's step at 10 updates: each D step's rate follows the earlier ones that updated
+    ("dcgan", dict(balance="equilibrium", margin=0.02, optimizer="rmsprop", d_updates=9, g_updates=9), 2, 2, 1e-2, 4,
+     "DG"),
+    ("dcgan", dict(balance="l2", coef_l2=0.05, real_label=0.9), 1, 2, 2e-4, 3, ""),
+    # the dropout masks drawn for a skipped G phase go back to the generator
+    ("torchblog", dict(balance="margin", margin=0.45, optimizer="rmsprop"), 2, 2, 1e-2, 8, "G"),
+    ("torchblog", dict(balance="l2", coef_l2=0.05, optimizer="rmsprop", real_label=0.9, flip_labels=0.1), 1, 2, 1e-3,
+     3, ""),
+])
+def test_static_step_equals_the_dygraph_step_with_balancing(arch, options, d_steps, g_steps, lr, iterations, fired):
+    """The skip rules, adaptive L2 and RMSProp's warm-up: the same decisions, counters, losses, weights and
+    optimizer state, and the generator left where the eager step leaves it."""
+    batch = 8
+    paddle.seed(0)
+    real = [paddle.uniform([batch, 3, 16, 16], min=-1, max=1) for _ in range(iterations)]
+    optimizer = options.get("optimizer", "adam")
+    objects = []
+    for _ in range(2):
+        paddle.seed(1)
+        G, D = network.build(arch, size=16, width=8).values()
+        objects.append((G, D, *(balance.make_optimizer(optimizer, lr, 0.5, 0.999, net.parameters()) for net in (G, D))))
+    plain, static = objects
+    eager_tricks, static_tricks = Tricks(lr=lr, **options), Tricks(lr=lr, **options)
+    step = faststep.FastStep(arch, plain[0].args, batch, lr, 0.5, 0.999, d_steps, g_steps, tricks=static_tricks)
+    step.load(*static)
+    paddle.seed(42)
+    expected = [methods.bce_iteration(*plain, x, 100, d_steps, g_steps, eager_tricks) for x in real]
+    expected_next = paddle.rand([8]).numpy()
+    paddle.seed(42)
+    got = [step(x) for x in real]
+    assert np.array_equal(paddle.rand([8]).numpy(), expected_next)  # the same numbers drawn, none more
+    counters = {k: getattr(eager_tricks, k) for k in COUNTERS}
+    assert {k: getattr(static_tricks, k) for k in COUNTERS} == counters
+    if "D" in fired:
+        assert counters["d_skips"] > 0
+    if "G" in fired:  # skipped in some iterations and not in others
+        assert counters["g_skips"] > 0 and counters["g_updates"] > options.get("g_updates", 0)
+    if options["balance"] == "l2":  # the coefficient moved, and the penalty was in D's loss
+        assert counters["coef_l2"] != options["coef_l2"]
+    for i, (e, g) in enumerate(zip(expected, got)):
+        for k in e:
+            assert g[k] == pytest.approx(e[k], rel=1e-4, abs=1e-6), (i, k)
+    step.store(*static)
+    want, have = state(*plain), state(*static)
+    assert set(want) == set(have)
+    for k in want:
+        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
 def test_store_then_load_round_trips_and_training_continues_in_dygraph():
@@ -210,28 +264,32 @@ def test_a_batch_of_another_size_is_refused():
 def test_choose_step(name, device, arch, expected):
     if expected.startswith("--"):
         with pytest.raises(train.ConfigError, match=expected):
-            methods.choose_step(name, device, arch, 1, plain=True)
+            methods.choose_step(name, device, arch, 1)
     else:
-        assert methods.choose_step(name, device, arch, 1, plain=True) == expected
+        assert methods.choose_step(name, device, arch, 1) == expected
 
 
-@pytest.mark.parametrize("arch", ["dcgan", "torchblog"])
-def test_training_runs_on_either_step_to_the_same_weights(lfw8, tmp_path, arch):
+@pytest.mark.parametrize("arch, options", [("dcgan", {}), ("torchblog", {}),
+                                           ("torchblog", dict(balance="margin", optimizer="rmsprop", real_label=0.9))])
+def test_training_runs_on_either_step_to_the_same_weights(lfw8, tmp_path, arch, options):
     runs = {}
     for step in ("static", "dygraph"):
         cfg = train.TrainConfig(data=lfw8, out=str(tmp_path / step), epochs=1, batch_size=16, epoch_images=64,
                                 width=8, sample_every=100, device="cpu", step=step, arch=arch, augment="none",
-                                ema=False, lecam=0.0)
+                                ema=False, lecam=0.0, **options)
         runs[step] = checkpoint.load(train.train(cfg))
     for part in ("G", "D"):
         for k, v in runs["dygraph"][part].items():
             np.testing.assert_allclose(runs["static"][part][k], v, rtol=1e-3, atol=1e-5, err_msg=k)
-    for opt in ("opt_G", "opt_D"):  # the same Adam state, keyed by the networks' structure
+    accumulators = ({"moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc"} if not options else
+                    {"momentum", "mean_square", "mean_grad"})
+    for opt in ("opt_G", "opt_D"):  # the same optimizer state, keyed by the networks' structure
         assert runs["static"][opt].keys() == runs["dygraph"][opt].keys()
         for k, entries in runs["dygraph"][opt].items():
-            assert set(entries) == {"moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc"}
+            assert set(entries) == accumulators
             for name, v in entries.items():
                 np.testing.assert_allclose(runs["static"][opt][k][name], v, rtol=1e-3, atol=1e-7, err_msg=(k, name))
+    assert runs["static"]["method"] == runs["dygraph"]["method"]  # counters: updates, skips, L2 coefficient
 
 
 # ----------------------------------------------------------------------------- PG-GAN's WGAN-GP step
