@@ -41,6 +41,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.base.framework import Variable
 from paddle.base.layer_helper import LayerHelper
 from paddle.static.nn.control_flow import select_input
 
@@ -140,6 +141,13 @@ def sum_rows(x):
     return legacy_op("reduce_sum", {"X": x}, {"dim": [1], "keep_dim": False, "reduce_all": False})
 
 
+def _sum(x, axis=None, dtype=None, keepdim=False, name=None):
+    """paddle.sum and Tensor.sum in a legacy program."""
+    dims = [] if axis is None else [axis] if isinstance(axis, int) else list(axis)
+    return legacy_op("reduce_sum", {"X": x}, {"dim": dims, "keep_dim": keepdim, "reduce_all": axis is None},
+                     dtype=x.dtype)
+
+
 def sum_all(x):
     """x.sum() in a legacy program."""
     return legacy_op("reduce_sum", {"X": x}, {"dim": [], "keep_dim": False, "reduce_all": True})
@@ -147,18 +155,22 @@ def sum_all(x):
 
 @contextlib.contextmanager
 def legacy_api():
-    """While a program is built: the paddle functions that networks call and that Paddle 3 builds only into
-    PIR programs (sqrt, rsqrt, tanh, sigmoid, sign, matmul) build the legacy ops of the same names instead.
+    """While a program is built: the paddle (and paddle.nn.functional) functions that networks call and that
+    Paddle 3 builds only into PIR programs (sqrt, rsqrt, tanh, sigmoid, sign, exp, matmul, sum, and the
+    variables' sum method) build the legacy ops of the same names instead.
     The networks' code stays the eager code."""
-    saved = {name: getattr(paddle, name) for name in ("sqrt", "rsqrt", "tanh", "sigmoid", "sign", "matmul")}
-    for name in ("sqrt", "rsqrt", "tanh", "sigmoid", "sign"):
-        setattr(paddle, name, functools.partial(lambda op, x, name=None: unary(op, x), name))
-    paddle.matmul = _matmul
+    modules = (paddle, F)   # networks call both paddle.tanh and F.sigmoid
+    saved = [(m, name, getattr(m, name)) for m in modules
+             for name in ("sqrt", "rsqrt", "tanh", "sigmoid", "sign", "exp", "matmul", "sum") if hasattr(m, name)]
+    saved.append((Variable, "sum", Variable.sum))   # x.sum(axis=1) of the methods' losses
+    for m, name, _ in saved:
+        setattr(m, name, {"matmul": _matmul, "sum": _sum}.get(name) or
+                functools.partial(lambda op, x, name=None: unary(op, x), name))
     try:
         yield
     finally:
-        for name, f in saved.items():
-            setattr(paddle, name, f)
+        for m, name, f in saved:
+            setattr(m, name, f)
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -214,9 +226,11 @@ class StaticStep:
         """D's view of `x` (augment.Augment), its random numbers an input."""
         if not self.augment:
             return x
-        numbers = {k: paddle.static.data(f"T{len(self.draws)}_{k}", shape, "float32")
-                   for k, shape in self.shapes.items()}
-        self.draws.append(("T", {k: v.name for k, v in numbers.items()}, ()))
+        count = x.shape[0]   # the batch, or the VAE/GAN's reals and fakes together
+        # T's numbers are per image (or per image and channel): as many more for more images
+        shapes = {k: [shape[0] // self.batch * count, *shape[1:]] for k, shape in self.shapes.items()}
+        numbers = {k: paddle.static.data(f"T{len(self.draws)}_{k}", shape, "float32") for k, shape in shapes.items()}
+        self.draws.append(("T", {k: v.name for k, v in numbers.items()}, (count,)))
         out = self.augment.apply(x, numbers)
         # some of T's ops leave the size unknown to the program; networks that read it (PG-GAN's D) need it
         return out if -1 not in out.shape else out.reshape(x.shape)
@@ -261,7 +275,7 @@ class StaticStep:
                 targets = self.labels.targets(paddle.zeros(shape), paddle.zeros(shape))
                 feed.update({names[k]: t.numpy() for k, t in zip(("real", "fake"), targets)})
             else:
-                numbers = self.augment.draw(self.batch, self.size)
+                numbers = self.augment.draw(args[0], self.size)
                 feed.update({names[k]: v for k, v in numbers.items()})
         if self.rewind_from == len(self.draws):
             self.rewind = paddle.get_rng_state()
@@ -633,3 +647,114 @@ class ProgressiveStep(StaticStep):
         if self.lecam:
             stats["lecam"], self.lecam.real, self.lecam.fake = values[len(names):]
         return stats
+
+
+class VAEStep(StaticStep):
+    """methods.VAEMethod's iteration as a static program on the CPU: `losses` (methods.vae_losses, the eager
+    step's own function) built on the program's variables, its noise an input drawn as the eager step draws
+    it; one backward of the loss, then one Adam step of each network.
+
+    Example:
+        step = VAEStep("vae", E.args, batch=64, lr=1e-3, beta1=0.9, beta2=0.999, losses=methods.vae_losses)
+        step.load({"E": E, "G": G}, {"E": opt_E, "G": opt_G})
+        stats = step(real_batch)              # {'loss_E', 'kl', 'reconstruction', 'E_check', 'G_check'}
+        step.store({"E": E, "G": G}, {"E": opt_E, "G": opt_G})
+    """
+
+    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, losses):
+        if not network.architecture(arch).static_step:
+            raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+        super().__init__(batch, arch_args["size"], None,
+                         functools.partial(self._build, arch, arch_args, lr, beta1, beta2, losses))
+
+    def _build(self, arch, arch_args, lr, beta1, beta2, losses):
+        nets = self.networks(arch, arch_args, ("E", "G"))
+        n, size = self.batch, self.size
+        real = paddle.static.data("real", [n, 3, size, size], "float32")
+        loss, kl, rec = losses(nets["E"], nets["G"], real, lambda shape: self.input("z", [n, shape[-1]]))
+        opts = {key: make_optimizer("adam", lr, beta1, beta2, net.parameters()) for key, net in nets.items()}
+        grads = opts["E"].backward(loss, parameters=[p for net in nets.values() for p in net.parameters()])
+        for key, net in nets.items():   # methods.update: one backward, then each optimizer's step
+            names = {p.name for p in net.parameters()}
+            opts[key].apply_gradients([(p, g) for p, g in grads if p.name in names])
+        self.fetch = [loss, kl, rec, *parameter_sums(*nets.values())]
+        self.register(nets, opts)
+
+    # the weights of nets "E", "G" and the Adam state of opts "E", "G", in and out
+    load, store = StaticStep.load_parts, StaticStep.store_parts
+
+    def __call__(self, real):
+        """One iteration on the batch `real`; VAEMethod's numbers and E_check, G_check (control.weight_checks')."""
+        return dict(zip(("loss_E", "kl", "reconstruction", "E_check", "G_check"), self.run(real, self.draw())))
+
+
+class VAEGANStep(StaticStep):
+    """methods.VAEGANMethod's iteration as a static program on the CPU, built from the eager step's own halves
+    (`halves`: methods.vaegan_vae_losses, vaegan_gan_losses): the backward of KL + L_llike with D frozen, G's gradient of
+    it times gamma plus its (reversed) gradient of the GAN loss, D's of 0.5 L_GAN; then E's step, and G's and
+    D's unless the balancing rule skips them (decided in the program, as FastStep decides; a skipped step
+    leaves the weights and optimizer state as they were).
+
+    Example:
+        step = VAEGANStep("vaegan", E.args, 64, 3e-4, 0.9, 0.999, gamma=1e-2, d_reconstructions=False,
+                          augment=None, tricks=Tricks(balance="equilibrium", margin=0.35, optimizer="rmsprop"),
+                          halves=(methods.vaegan_vae_losses, methods.vaegan_gan_losses))
+        step.load(nets, opts)                 # {"E", "G", "D"}, each
+        stats = step(real_batch)              # VAEGANMethod's numbers and E_check, G_check, D_check
+        step.store(nets, opts)
+    """
+
+    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, gamma, d_reconstructions, augment, tricks, halves):
+        if not network.architecture(arch).static_step:
+            raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+        self.z_dim, self.gamma, self.d_reconstructions = arch_args["z_dim"], gamma, d_reconstructions
+        self.tricks = tricks
+        super().__init__(batch, arch_args["size"], augment,
+                         functools.partial(self._build, arch, arch_args, lr, beta1, beta2, *halves))
+
+    def _build(self, arch, arch_args, lr, beta1, beta2, vae_losses, gan_losses):
+        nets = self.networks(arch, arch_args, ("E", "G", "D"))
+        E, G, D = nets["E"], nets["G"], nets["D"]
+        n, tricks = self.batch, self.tricks
+        real = paddle.static.data("real", [n, 3, self.size, self.size], "float32")
+
+        def noise(shape):
+            return self.input("z", [n, shape[-1]])
+
+        z, kl, llike = vae_losses(E, G, D, real, noise)
+        logits, err_real, err_fake = gan_losses(G, D, self.T, real, z, noise, self.z_dim, self.d_reconstructions)
+        loss_D = 0.5 * err_real + 0.5 * err_fake
+        opts = {key: make_optimizer(tricks.optimizer, lr, beta1, beta2, net.parameters()) for key, net in nets.items()}
+        params = {key: [p for p in net.parameters() if p.trainable] for key, net in nets.items()}
+        vae = {p.name: g for p, g in opts["E"].backward(kl + llike, parameters=params["E"] + params["G"],
+                                                         no_grad_set={p.name for p in params["D"]})}
+        gan = {p.name: g for p, g in opts["D"].backward(loss_D, parameters=params["G"] + params["D"])}
+        skip_d, skip_g = skip_rule(err_real, err_fake, *tricks.band()) if tricks.skipping else (None, None)
+        for key, grads, skip in (("E", [(p, vae[p.name]) for p in params["E"]], None),
+                                 ("G", [(p, vae[p.name] * self.gamma + gan[p.name]) for p in params["G"]], skip_g),
+                                 ("D", [(p, gan[p.name]) for p in params["D"]], skip_d)):
+            if skip is not None:
+                opts[key]._create_accumulators(paddle.static.default_main_program().global_block(), params[key])
+            with keeping(skip, params[key] + optimizer_vars(opts[key], params[key]) if skip is not None else []):
+                opts[key].apply_gradients(grads)
+        self.fetch = [kl + llike, kl, llike, err_real + err_fake, loss_D, err_real, err_fake,
+                      unary("sigmoid", logits[:n]).mean(), unary("sigmoid", logits[n:]).mean(),
+                      unary("sign", logits[:n]).mean(), *parameter_sums(E, G, D)]
+        self.fetch += [skip_d, skip_g] if tricks.skipping else []
+        self.register(nets, opts)
+
+    # the weights of nets "E", "G", "D" and the optimizer state of opts "E", "G", "D", in and out
+    load, store = StaticStep.load_parts, StaticStep.store_parts
+
+    def __call__(self, real):
+        """One iteration on the batch `real`: VAEGANMethod's numbers (sign_real among them, for ADA) and
+        E_check, G_check, D_check; the tricks count the skips."""
+        values = self.run(real, self.draw())
+        (loss_E, kl, llike, errors, loss_D, err_R, err_F, D_real, D_fake, sign_real, *checks) = values[:13]
+        if self.tricks.skipping:
+            skip_d, skip_g = (bool(v) for v in values[13:])
+            self.tricks.d_skips += skip_d
+            self.tricks.g_skips += skip_g
+        return {"loss_E": loss_E, "kl": kl, "llike": llike, "loss_G": self.gamma * llike - errors, "loss_D": loss_D,
+                "err_R": err_R, "err_F": err_F, "D_real": D_real, "D_fake": D_fake, "sign_real": sign_real,
+                **dict(zip(("E_check", "G_check", "D_check"), checks))}

@@ -436,11 +436,23 @@ def reconstruction_error(x, y):
     return 0.5 * ((x - y) ** 2).reshape([x.shape[0], -1]).sum(axis=1)
 
 
+def vae_losses(E, G, real, noise):
+    """(loss, KL, reconstruction error), batch means, of the VAE on `real`: E gives the mean and log-variance
+    of z, z = mean + exp(logvar / 2) eps with eps = noise(shape), G decodes z. The eager step's and the
+    static program's (faststep.VAEStep), which passes a program input as the noise."""
+    mean, logvar = E(real)
+    z = mean + paddle.exp(0.5 * logvar) * noise(mean.shape)
+    kl = kl_divergence(mean, logvar).mean()
+    rec = reconstruction_error(real, G(z)).mean()
+    return kl + rec, kl, rec
+
+
 class VAEMethod(Method):
     """A variational autoencoder (the Torch blog's "going further", after y0ast's VAE-Torch): encoder E gives
     the mean and log-variance of z, the decoder G draws x from z = mean + exp(logvar / 2) eps; the loss per
     image is KL(q(z|x) || N(0, I)) + the pixel-wise reconstruction error, averaged over the batch, one Adam
-    step of both networks per iteration. Faces come from z ~ N(0, I) through G."""
+    step of both networks per iteration. Faces come from z ~ N(0, I) through G. On the CPU the iteration
+    runs as faststep.VAEStep's static program, built from the same vae_losses."""
     order = ("E", "G")
     loss_label = "per-image loss"
     headline = ("loss_E", "kl", "reconstruction")
@@ -454,16 +466,29 @@ class VAEMethod(Method):
     def start(self, pos, device):
         self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world)
         self.E_run, self.G_run = self.procs.wrap(self.nets["E"]), self.procs.wrap(self.nets["G"])
+        self.fast, self.stale = None, False
+        if self.path == "static":
+            cfg = self.cfg
+            self.fast = faststep.VAEStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2, vae_losses)
+            self.fast.load(self.nets, self.opts)
 
     def step(self, real, pos):
-        mean, logvar = self.E_run(real)
-        z = mean + paddle.exp(0.5 * logvar) * paddle.randn(mean.shape)
-        kl = kl_divergence(mean, logvar).mean()
-        rec = reconstruction_error(real, self.G_run(z)).mean()
-        loss = kl + rec
-        update(list(self.opts.values()), loss, self.procs.reduce)
-        stats = {"loss_E": float(loss), "loss_G": float(rec), "kl": float(kl), "reconstruction": float(rec)}
-        return stats, weight_checks(self.nets)
+        if self.fast is not None:
+            stats = self.fast(real)
+            self.stale = True
+            checks = {"E": stats.pop("E_check"), "G": stats.pop("G_check")}
+        else:
+            loss, kl, rec = vae_losses(self.E_run, self.G_run, real, paddle.randn)
+            update(list(self.opts.values()), loss, self.procs.reduce)
+            stats = {"loss_E": float(loss), "kl": float(kl), "reconstruction": float(rec)}
+            checks = weight_checks(self.nets)
+        return {"loss_E": stats["loss_E"], "loss_G": stats["reconstruction"], "kl": stats["kl"],
+                "reconstruction": stats["reconstruction"]}, checks
+
+    def sync(self):
+        if self.stale:
+            self.fast.store(self.nets, self.opts)
+            self.stale = False
 
     def plots(self, history, folder):
         plot_curves(history, {"kl": "KL to N(0, I)", "reconstruction": "reconstruction error"}, self.loss_label,
@@ -490,6 +515,26 @@ def feature_error(D, reconstructed, real):
     return reconstruction_error(features[n:], features[:n]).mean()
 
 
+def vaegan_vae_losses(E, G, D, real, noise):
+    """The VAE/GAN's VAE half: (z, KL, L_llike) for `real`, z = mean + exp(logvar / 2) eps with eps = noise(shape).
+    Call it with D frozen (L_llike trains E and G, never D). The eager step's and faststep.VAEGANStep's."""
+    mean, logvar = E(real)
+    z = mean + paddle.exp(0.5 * logvar) * noise(mean.shape)
+    return z, kl_divergence(mean, logvar).mean(), feature_error(D, G(z), real)
+
+
+def vaegan_gan_losses(G, D, T, real, z, noise, z_dim, d_reconstructions):
+    """The VAE/GAN's GAN half: (D's logits, err_R, err_F) on the reals and G's faces of prior noise (and of the
+    encoded z, not differentiated, with `d_reconstructions`) as one batch, T drawn once per image. G's faces
+    pass through scale_gradient(-2): G's gradient of 0.5 L_GAN reversed and doubled, that of -L_GAN."""
+    n = real.shape[0]
+    z_fake = noise([n, z_dim])
+    if d_reconstructions:
+        z_fake = paddle.concat([z.detach(), z_fake])
+    logits = D(T(paddle.concat([real, scale_gradient(G(z_fake), -2.0)])))
+    return logits, _bce(logits[:n], paddle.ones([n])), _bce(logits[n:], paddle.zeros([logits.shape[0] - n]))
+
+
 class VAEGANMethod(Method):
     """The VAE/GAN of Larsen et al. 2016, "Autoencoding beyond pixels using a learned similarity metric", the
     Torch blog's "going further", ported from the authors' code (andersbll/autoencoding_beyond_pixels,
@@ -508,6 +553,8 @@ class VAEGANMethod(Method):
       reference's `dec_update` does.
 
     One forward of each network per loss and three backward passes; RMSProp by default, as the reference.
+    On the CPU the iteration runs as faststep.VAEGANStep's static program, built from the same two halves
+    (vaegan_vae_losses, vaegan_gan_losses).
 
     On --d-reconstructions: the paper's Algorithm 1 has D classify reconstructions too. In the reference
     code (aegan.py, AEGAN.setup) `sample_z=True`, the default of every script, concatenates the encoded z
@@ -545,21 +592,38 @@ class VAEGANMethod(Method):
         self.load_regularity(state)
 
     def start(self, pos, device):
-        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world)
+        cfg = self.cfg
+        self.path = choose_step(cfg.step, device, self.arch, self.procs.world)
         self.run = {name: self.procs.wrap(net) for name, net in self.nets.items()}
+        self.fast, self.stale = None, False
+        if self.path == "static":
+            self.fast = faststep.VAEGANStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
+                                            cfg.gamma, cfg.d_reconstructions, self.T, self.tricks,
+                                            (vaegan_vae_losses, vaegan_gan_losses))
+            self.fast.load(self.nets, self.opts)
+
+    def static_step(self, real):
+        stats = self.fast(real)
+        self.stale = True
+        checks = {name: stats.pop(f"{name}_check") for name in self.order}
+        return self.regularised(stats, real.shape[0]), checks
+
+    def sync(self):
+        if self.stale:
+            self.fast.store(self.nets, self.opts)
+            self.stale = False
 
     def step(self, real, pos):
         cfg, procs, tricks = self.cfg, self.procs, self.tricks
         E, G, D = self.run["E"], self.run["G"], self.run["D"]
         self.own_noise(pos)
+        if self.fast is not None:
+            return self.static_step(real)
         for opt in self.opts.values():
             opt.clear_grad()
         # the VAE: E's loss KL + L_llike; G keeps gamma times L_llike's gradient
-        mean, logvar = E(real)
-        z = mean + paddle.exp(0.5 * logvar) * paddle.randn(mean.shape)
-        kl = kl_divergence(mean, logvar).mean()
         with frozen(self.nets["D"]):
-            llike = feature_error(self.nets["D"], G(z), real)
+            z, kl, llike = vaegan_vae_losses(E, G, self.nets["D"], real, paddle.randn)
             (kl + llike).backward()
         with paddle.no_grad():
             for p in self.nets["G"].parameters():
@@ -567,13 +631,8 @@ class VAEGANMethod(Method):
                     p.grad.scale_(cfg.gamma)
         # the GAN: D's loss 0.5 L_GAN; G's gradient of it reversed and doubled, the gradient of -L_GAN
         n = real.shape[0]
-        z_fake = paddle.randn([n, cfg.z_dim])
-        if cfg.d_reconstructions:
-            z_fake = paddle.concat([z.detach(), z_fake])
-        fake = G(z_fake)
-        logits = D(self.T(paddle.concat([real, scale_gradient(fake, -2.0)])))   # T: one draw per image
-        err_real = _bce(logits[:n], paddle.ones([n]))
-        err_fake = _bce(logits[n:], paddle.zeros([logits.shape[0] - n]))
+        logits, err_real, err_fake = vaegan_gan_losses(G, D, self.T, real, z, paddle.randn, cfg.z_dim,
+                                                       cfg.d_reconstructions)
         (0.5 * err_real + 0.5 * err_fake).backward()
         update_d, update_g = tricks.decide(*agreed([float(err_real), float(err_fake)], tricks, procs.mean))
         for name, stepping in (("E", True), ("G", update_g), ("D", update_d)):

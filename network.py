@@ -549,18 +549,20 @@ ARCHITECTURES = {
                           "progressive", static_step=True, inference=True,
                           size_problem=lambda size: power_of_two_size(size, smallest=4)),
     # the Torch blog's "going further": a VAE whose decoder is the DCGAN generator
-    "vae": Architecture({"E": ConvEncoder, "G": DCGANGenerator}, ("size", "z_dim", "width"), "vae", inference=True),
+    "vae": Architecture({"E": ConvEncoder, "G": DCGANGenerator}, ("size", "z_dim", "width"), "vae", static_step=True,
+                        inference=True),
     # its VAE/GAN (Larsen et al. 2016): the same encoder and decoder, and the DCGAN D, whose features
     # measure the reconstructions
     "vaegan": Architecture({"E": ConvEncoder, "G": DCGANGenerator, "D": DCGANDiscriminator}, ("size", "z_dim", "width"),
-                           "vaegan", inference=True),
+                           "vaegan", static_step=True, inference=True),
     # "Make Your Own GAN", part IV: Adam lr 1e-4 with PyTorch's betas, one D and one G update per step;
     # the MLP also one image per update, as the series trains it (at 64 per batch, 800 updates are noise)
-    "mlp": Architecture({"G": MLPGenerator, "D": MLPDiscriminator}, ("size", "z_dim"), "bce", inference=True,
+    "mlp": Architecture({"G": MLPGenerator, "D": MLPDiscriminator}, ("size", "z_dim"), "bce", static_step=True,
+                        inference=True,
                         size_problem=lambda size: None if size >= 1 else f"size must be positive, got {size}",
                         defaults=dict(lr=1e-4, beta1=0.9, g_steps=1, batch_size=1)),
     "conv128": Architecture({"G": Conv128Generator, "D": Conv128Discriminator}, ("size", "z_dim"), "bce",
-                            inference=True,
+                            static_step=True, inference=True,
                             size_problem=lambda size: None if size == 128 else
                             f"its layers fit 128x128 images only, not {size}x{size}",
                             defaults=dict(lr=1e-4, beta1=0.9, g_steps=1)),

@@ -191,4 +191,5 @@ def test_l2_balance_moves_its_coefficient(lfw8, tmp_path):
 def test_auto_chooses_the_static_step_whatever_the_tricks():
     assert methods.choose_step("auto", "cpu", "dcgan", 1) == "static"
     assert methods.choose_step("auto", "cpu", "torchblog", 1) == "static"
-    assert methods.choose_step("auto", "cpu", "vae", 1) == "dygraph"
+    assert methods.choose_step("auto", "cpu", "dcgan", 2) == "dygraph"     # several processes
+    assert methods.choose_step("auto", "gpu", "torchblog", 1) == "dygraph"

@@ -42,8 +42,10 @@ def test_generate_benchmark_prints_one_json_line(arch, sizes, tmp_path):
 @pytest.mark.parametrize("arch, sizes, g_steps, path", [
     ("torchblog", ["--size", 16, "--width", 8, "--batch", 4], 2, "static"),   # train.py's 2 G updates
     ("pggan", ["--size", 8, "--batch", 4], None, "static"),                   # at 8x8 stabilised, GP and average
-    ("vaegan", ["--size", 16, "--width", 8, "--batch", 4], None, "dygraph"),
-    ("mlp", ["--size", 16], 1, "dygraph"),                                    # its one image per update
+    ("torchblog", ["--size", 16, "--width", 8, "--batch", 4, "--balance", "margin", "--optimizer", "rmsprop"], 2,
+     "static"),                                                                # the blog's README recipe
+    ("vaegan", ["--size", 16, "--width", 8, "--batch", 4], None, "static"),
+    ("mlp", ["--size", 16], 1, "static"),                                     # its one image per update
 ])
 def test_train_step_benchmark_times_every_architecture(arch, sizes, g_steps, path, tmp_path):
     result = run_script("benchmarks/train_step.py", "--arch", arch, *sizes, "--steps", 1, "--warmup", 0,
@@ -59,6 +61,7 @@ def test_train_step_benchmark_times_every_architecture(arch, sizes, g_steps, pat
     (["--arch", "pggan", "--width", 8], "--width does not apply to --arch pggan"),
     (["--arch", "dcgn"], "--arch must be one of dcgan"),
     (["--arch", "vae", "--augment", "ada"], "--augment does not apply to --arch vae"),
+    (["--arch", "torchblog", "--balance", "margni"], "--balance must be one of none, margin"),
 ])
 def test_train_step_benchmark_refuses_what_an_architecture_lacks(args, says, tmp_path):
     result = run_script("benchmarks/train_step.py", *args, "--steps", 1, cwd=tmp_path)

@@ -118,6 +118,122 @@ def test_static_step_equals_the_dygraph_step_with_label_tricks(arch, labels):
         np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.parametrize("arch, size, batch", [("mlp", 16, 1), ("mlp", 16, 8), ("conv128", 128, 2)])
+def test_static_step_equals_the_dygraph_step_for_the_series_models(arch, size, batch):
+    """"Make Your Own GAN"'s MLP (one image per update, as it trains) and 128-px conv GAN, with their Adam
+    (lr 1e-4, PyTorch's betas), one D and one G update; conv128's spatial dropout from the same seed.
+
+    After the first iteration every number of the state is compared. Adam's first update moves each weight
+    by about lr * sign(gradient): where a gradient is float noise (conv128 has 4.7M weights) its sign may
+    differ between the two float orders, and that weight then differs by 2 lr. So a few conv128 weights
+    (at most 1 in 1,000) may differ by up to 2.1 lr; every other weight, statistic and moment is equal to
+    float tolerance. The losses of three iterations are compared too."""
+    lr = 1e-4
+    paddle.seed(0)
+    real = [paddle.uniform([batch, 3, size, size], min=-1, max=1) for _ in range(3)]
+    objects = []
+    for _ in range(2):
+        paddle.seed(1)
+        G, D = network.build(arch, size=size, z_dim=100).values()
+        objects.append((G, D, *(paddle.optimizer.Adam(lr, 0.9, 0.999, parameters=n.parameters()) for n in (G, D))))
+    plain, static = objects
+    step = faststep.FastStep(arch, plain[0].args, batch, lr, 0.9, 0.999, 1, 1)
+    step.load(*static)
+    for i, x in enumerate(real):
+        paddle.seed(10 + i)
+        expected = methods.bce_iteration(*plain, x, 100, 1, 1, Tricks())
+        paddle.seed(10 + i)
+        got = step(x)
+        got.pop("G_check"), got.pop("D_check")
+        for k in expected:
+            assert got[k] == pytest.approx(expected[k], rel=1e-4, abs=1e-6), (i, k)
+        if i == 0:
+            step.store(*static)
+            want, have = state(*plain), state(*static)
+            assert set(want) == set(have) and any(k.endswith("moment2_0") for k in want)
+            for k in want:
+                close = np.isclose(have[k], want[k], rtol=1e-4, atol=1e-6)
+                if k.split(".")[-1] == "weight" and close.size > 1000:
+                    assert close.mean() >= 0.999 and np.abs(have[k] - want[k]).max() <= 2.1 * lr, k
+                else:
+                    np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_vae_static_step_equals_the_eager_step():
+    """The VAE's program is built from methods.vae_losses, the eager step's own: the same noise, losses, weights
+    and Adam state (one backward, both networks stepped)."""
+    batch, size = 8, 16
+    paddle.seed(0)
+    real = [paddle.uniform([batch, 3, size, size], min=-1, max=1) for _ in range(3)]
+    objects = []
+    for _ in range(2):
+        paddle.seed(1)
+        nets = network.build("vae", size=size, z_dim=100, width=8)
+        objects.append((nets, {k: paddle.optimizer.Adam(1e-3, 0.9, 0.999, parameters=n.parameters())
+                               for k, n in nets.items()}))
+    (plain, plain_opts), (static, static_opts) = objects
+    step = faststep.VAEStep("vae", plain["E"].args, batch, 1e-3, 0.9, 0.999, methods.vae_losses)
+    step.load(static, static_opts)
+    for i, x in enumerate(real):
+        paddle.seed(10 + i)
+        loss, kl, rec = methods.vae_losses(plain["E"], plain["G"], x, paddle.randn)
+        methods.update(list(plain_opts.values()), loss)
+        paddle.seed(10 + i)
+        got = step(x)
+        assert [got["loss_E"], got["kl"], got["reconstruction"]] == pytest.approx(
+            [float(loss), float(kl), float(rec)], rel=1e-5), i
+        assert [got["E_check"], got["G_check"]] == pytest.approx(list(control.weight_checks(plain).values()), rel=1e-4)
+    step.store(static, static_opts)
+    want, have = every_number(plain, plain_opts), every_number(static, static_opts)
+    assert set(want) == set(have) and any("moment2" in k for k in want)
+    for k in want:
+        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("options, iterations, fired", [
+    (dict(balance="equilibrium", margin=0.35, optimizer="rmsprop"), 3, ""),            # the method's defaults
+    (dict(balance="equilibrium", margin=0.01, optimizer="rmsprop", lr=0.01), 5, "DG"),  # both rules fire
+    (dict(balance="margin", margin=0.3, optimizer="adam", d_reconstructions=True, augment=("ada", 0.6)), 3, ""),
+    (dict(balance="none", optimizer="rmsprop", augment=("diffaug", 0.0)), 3, ""),
+])
+def test_vaegan_static_step_equals_the_eager_step(lfw8, options, iterations, fired):
+    """The VAE/GAN's program is built from the eager step's two halves: the same noise, T, decisions, losses,
+    weights and optimizer state, with G's gradient gamma L_llike's plus the reversed GAN loss's."""
+    options = dict(options)
+    kind, p = options.pop("augment", ("none", 0.0))
+    runs = {}
+    for step in ("static", "dygraph"):
+        cfg = train.TrainConfig(data=lfw8, out="unused", arch="vaegan", batch_size=8, width=8, step=step,
+                                device="cpu", augment=kind, **options)
+        cfg = train.resolve_defaults(cfg, {"embedded": True, "count": 100}, 1)
+        paddle.seed(1)
+        method = train.METHODS["vaegan"](cfg, "vaegan", 8, control.Processes())
+        method.T.p = p
+        method.start(train.Position(), "cpu")
+        assert method.path == step
+        runs[step] = method
+    paddle.seed(0)
+    real = [paddle.uniform([8, 3, 8, 8], min=-1, max=1) for _ in range(iterations)]
+    results = {}
+    for step, method in runs.items():
+        paddle.seed(42)
+        results[step] = [method.step(x, train.Position()) for x in real]
+        method.sync()
+    for i, ((e, e_checks), (g, g_checks)) in enumerate(zip(results["dygraph"], results["static"])):
+        assert set(g) == set(e)
+        for k in e:
+            assert g[k] == pytest.approx(e[k], rel=1e-4, abs=1e-6), (i, k)
+        assert list(g_checks.values()) == pytest.approx(list(e_checks.values()), rel=1e-4)
+    eager, static = runs["dygraph"], runs["static"]
+    assert (static.tricks.d_skips, static.tricks.g_skips) == (eager.tricks.d_skips, eager.tricks.g_skips)
+    if fired:
+        assert eager.tricks.d_skips > 0 and eager.tricks.g_skips > 0
+    want, have = every_number(eager.nets, eager.opts), every_number(static.nets, static.opts)
+    assert set(want) == set(have)
+    for k in want:
+        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
 COUNTERS = ("d_skips", "g_skips", "d_updates", "g_updates", "coef_l2")
 
 
@@ -269,24 +385,30 @@ def test_choose_step(name, device, arch, expected):
         assert methods.choose_step(name, device, arch, 1) == expected
 
 
-@pytest.mark.parametrize("arch, options", [("dcgan", {}), ("torchblog", {}),
-                                           ("torchblog", dict(balance="margin", optimizer="rmsprop", real_label=0.9))])
+PLAIN = dict(augment="none", ema=False, lecam=0.0)   # the BCE GANs without the built-in faces' recipe
+
+
+@pytest.mark.parametrize("arch, options", [
+    ("dcgan", PLAIN), ("torchblog", PLAIN),
+    ("torchblog", dict(PLAIN, balance="margin", optimizer="rmsprop", real_label=0.9)),
+    ("vae", {}), ("vaegan", {}), ("mlp", dict(PLAIN, batch_size=4))])
 def test_training_runs_on_either_step_to_the_same_weights(lfw8, tmp_path, arch, options):
     runs = {}
     for step in ("static", "dygraph"):
-        cfg = train.TrainConfig(data=lfw8, out=str(tmp_path / step), epochs=1, batch_size=16, epoch_images=64,
-                                width=8, sample_every=100, device="cpu", step=step, arch=arch, augment="none",
-                                ema=False, lecam=0.0, **options)
+        given = dict(dict(batch_size=16, width=8), **options)
+        if arch == "mlp":
+            del given["width"]
+        cfg = train.TrainConfig(data=lfw8, out=str(tmp_path / step), epochs=1, epoch_images=64, sample_every=100,
+                                device="cpu", step=step, arch=arch, **given)
         runs[step] = checkpoint.load(train.train(cfg))
-    for part in ("G", "D"):
+    nets = network.architecture(arch).networks
+    for part in nets:
         for k, v in runs["dygraph"][part].items():
             np.testing.assert_allclose(runs["static"][part][k], v, rtol=1e-3, atol=1e-5, err_msg=k)
-    accumulators = ({"moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc"} if not options else
-                    {"momentum", "mean_square", "mean_grad"})
-    for opt in ("opt_G", "opt_D"):  # the same optimizer state, keyed by the networks' structure
-        assert runs["static"][opt].keys() == runs["dygraph"][opt].keys()
+    for opt in (f"opt_{name}" for name in nets):  # the same optimizer state, keyed by the networks' structure
+        assert runs["static"][opt].keys() == runs["dygraph"][opt].keys() and runs["dygraph"][opt]
         for k, entries in runs["dygraph"][opt].items():
-            assert set(entries) == accumulators
+            assert set(entries) == set(runs["static"][opt][k])
             for name, v in entries.items():
                 np.testing.assert_allclose(runs["static"][opt][k][name], v, rtol=1e-3, atol=1e-7, err_msg=(k, name))
     assert runs["static"]["method"] == runs["dygraph"]["method"]  # counters: updates, skips, L2 coefficient

@@ -52,7 +52,8 @@ def test_scale_gradient_keeps_the_value_and_scales_the_gradient():
 
 
 def vaegan_method(**settings):
-    cfg = train.TrainConfig(arch="vaegan", width=4, z_dim=8, batch_size=6, **settings)
+    """The eager step, whose gradients these tests take apart (tests/test_faststep.py holds the static one to it)."""
+    cfg = train.TrainConfig(arch="vaegan", width=4, z_dim=8, batch_size=6, step="dygraph", **settings)
     cfg = replace(train.resolve_defaults(cfg, {"embedded": True, "count": 100}, 1), size=16)
     paddle.seed(0)
     method = methods.VAEGANMethod(cfg, "vaegan", 16, Processes())
