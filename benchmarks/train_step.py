@@ -5,7 +5,7 @@ reference times for dcgan, torchblog and pggan): for the GANs, D updated on a re
 batch, then G updated --g-steps times. It runs the step train.py would run (--step auto: the
 static oneDNN program on the CPU where the architecture has one). PG-GAN runs at its final
 resolution, stabilised, with its gradient penalty and moving average. Prints one JSON line with
-the median img/s of --repeats timings of --steps steps each.
+the median img/s of --repeats timings of --steps steps each (and every timing's, in order: "rates").
 
 Sizes not given are the reference's: dcgan 64x64, width 64, batch 128, 1 G update; every other
 architecture as train.py trains it on the built-in faces (32x32, or the smallest size it
@@ -20,6 +20,7 @@ Examples:
     python benchmarks/train_step.py --size 32 --batch 64 --width 32 --g-steps 2 --augment diffaug   # the quick start's
     python benchmarks/versus_torch.py                  # this and the reference, alternately
     OMP_NUM_THREADS=1 python benchmarks/train_step.py  # the thread setup's effect
+    python benchmarks/train_step.py --arch pggan --steps 5 --repeats 16   # "rates": its two speed levels
 """
 import argparse
 import json
@@ -118,7 +119,7 @@ def measure(cfg):
     return {"framework": "paddle", "mode": "train", "arch": cfg.arch, "size": cfg.size, "batch": cfg.batch,
             "g_steps": cfg.g_steps, "augment": cfg.augment, "lecam": cfg.lecam, "ema": cfg.ema,
             "balance": cfg.balance, "optimizer": cfg.optimizer,
-            "img_per_s": round(statistics.median(rates), 2),
+            "img_per_s": round(statistics.median(rates), 2), "rates": [round(r, 2) for r in rates],
             "threads": os.environ.get("OMP_NUM_THREADS"), "mkl_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE"),
             "path": path, "device": device, "paddle": paddle.__version__}
 

@@ -54,7 +54,7 @@ def test_train_step_benchmark_times_every_architecture(arch, sizes, g_steps, pat
     line = json.loads(result.stdout.strip())
     batch = sizes[sizes.index("--batch") + 1] if "--batch" in sizes else 1
     assert (line["arch"], line["size"], line["batch"], line["g_steps"]) == (arch, sizes[1], batch, g_steps)
-    assert line["path"] == path and line["img_per_s"] > 0
+    assert line["path"] == path and line["img_per_s"] > 0 and line["rates"] == [line["img_per_s"]]
 
 
 @pytest.mark.parametrize("args, says", [
