@@ -28,9 +28,9 @@ the dygraph step to float tolerance (tests/test_faststep.py).
 
 Example:
     step = FastStep("dcgan", G.args, batch=128, lr=2e-4, beta1=0.5, beta2=0.999)
-    step.load(G, D, opt_G, opt_D)
-    stats = step(real_batch)            # {'loss_D', 'D_real', 'D_fake', 'err_R', 'err_F', 'loss_G', 'G_check', 'D_check'}
-    step.store(G, D, opt_G, opt_D)
+    step.load({"G": G, "D": D}, {"G": opt_G, "D": opt_D})
+    stats = step(real_batch)   # loss_D, D_real, D_fake, err_R, err_F, loss_G, sign_real, G_check, D_check
+    step.store({"G": G, "D": D}, {"G": opt_G, "D": opt_D})
 """
 import contextlib
 import functools
@@ -68,10 +68,6 @@ def unary(op_type, x):
     return legacy_op(op_type, {"X": x}, dtype=x.dtype)
 
 
-def _tanh_forward(self, x):
-    return unary("tanh", x)
-
-
 def _upsample_forward(self, x):
     return network.nearest_up2(x)
 
@@ -102,8 +98,6 @@ def lower(net, feed=None):
     for layer in net.sublayers():
         if isinstance(layer, nn.Conv2DTranspose) and list(layer._stride) == [1, 1] and not np.any(layer._padding):
             layer.forward = types.MethodType(_dense_forward, layer)
-        elif isinstance(layer, nn.Tanh):
-            layer.forward = types.MethodType(_tanh_forward, layer)
         elif network.nearest_doubling(layer):
             layer.forward = types.MethodType(_upsample_forward, layer)
         elif isinstance(layer, (nn.Dropout, nn.Dropout2D)):
@@ -136,21 +130,11 @@ def _matmul(x, y, transpose_x=False, transpose_y=False, name=None):
     return legacy_op("matmul_v2", {"X": x, "Y": y}, {"trans_x": transpose_x, "trans_y": transpose_y})
 
 
-def sum_rows(x):
-    """x.sum(axis=1) of a 2-D x, in a legacy program."""
-    return legacy_op("reduce_sum", {"X": x}, {"dim": [1], "keep_dim": False, "reduce_all": False})
-
-
 def _sum(x, axis=None, dtype=None, keepdim=False, name=None):
     """paddle.sum and Tensor.sum in a legacy program."""
     dims = [] if axis is None else [axis] if isinstance(axis, int) else list(axis)
     return legacy_op("reduce_sum", {"X": x}, {"dim": dims, "keep_dim": keepdim, "reduce_all": axis is None},
                      dtype=x.dtype)
-
-
-def sum_all(x):
-    """x.sum() in a legacy program."""
-    return legacy_op("reduce_sum", {"X": x}, {"dim": [], "keep_dim": False, "reduce_all": True})
 
 
 @contextlib.contextmanager
@@ -297,8 +281,10 @@ class StaticStep:
     def _get(self, name):
         return np.array(self.scope.find_var(name).get_tensor())
 
-    def load_parts(self, nets, opts):
-        """Copy weights, BatchNorm statistics and optimizer state from the dygraph objects ({key: ...}) in."""
+    def load(self, nets, opts):
+        """Copy weights, BatchNorm statistics and optimizer state in from the dygraph objects: a method's
+        {key: network} and {key: optimizer}, of which the program's own keys are read."""
+        nets, opts = self.own(nets, opts)
         for key, net in nets.items():
             state = net.state_dict()
             for k, static_name in self.names[key].items():
@@ -309,8 +295,9 @@ class StaticStep:
                     if k in self.adam[key]:
                         self._set(self.adam[key][k][acc], value)
 
-    def store_parts(self, nets, opts):
-        """Copy the program's weights, statistics and optimizer state back into the dygraph objects."""
+    def store(self, nets, opts):
+        """Copy the program's weights, statistics and optimizer state back into the dygraph objects (as `load`)."""
+        nets, opts = self.own(nets, opts)
         for key, net in nets.items():
             self.store_net(key, net)
         for key, opt in opts.items():  # the parameters outside this program keep their state
@@ -319,6 +306,11 @@ class StaticStep:
             state.update({k: {acc: self._get(name) for acc, name in entries.items()}
                           for k, entries in self.adam[key].items()})
             checkpoint.set_optimizer_state(opt, nets[key], state)
+
+    def own(self, nets, opts):
+        """The networks and optimizers among `nets`, `opts` that this program holds (a method may have more:
+        G's moving average outside the BCE step)."""
+        return {key: nets[key] for key in self.names}, {key: opts[key] for key in self.adam}
 
     def store_net(self, key, net):
         """Copy the program's weights and statistics of network `key` (as "G") into the dygraph `net`."""
@@ -392,7 +384,7 @@ class FastStep(StaticStep):
             total = loss_D  # bce_iteration's order: loss, then the L2 penalty, then LeCam's term
             if tricks.balance == "l2":
                 coef = paddle.static.data("coef_l2", [1], "float32")
-                total = total + coef * paddle.add_n([sum_all(p * p) for p in D.parameters() if p.trainable]) / 2
+                total = total + coef * paddle.add_n([(p * p).sum() for p in D.parameters() if p.trainable]) / 2
             if self.lecam:
                 reg, ema_real, ema_fake = lecam_regulariser(self.lecam, logits_real, logits_fake, ema_real, ema_fake,
                                                             decay if i == 0 else self.lecam.decay)
@@ -406,11 +398,8 @@ class FastStep(StaticStep):
         # G's phase: skipped as a whole by the first D step's word, with every state it touches kept
         self.rewind_from = len(self.draws)
         kept = []
-        if tricks.skipping:
-            trained = [p for p in G.parameters() if p.trainable]
-            opt_G._create_accumulators(paddle.static.default_main_program().global_block(), trained)
-            kept = (list(G.state_dict().values()) + optimizer_vars(opt_G, trained)
-                    + [v for v in D.state_dict().values() if v.name not in d_names or not v.trainable])
+        if tricks.skipping:  # G's weights, statistics and optimizer state, and D's statistics
+            kept = updated_state(opt_G, G.parameters()) + statistics(G) + statistics(D)
         losses_G = []
         with keeping(skips[0][1] if tricks.skipping else None, kept):
             for i in range(self.g_steps):
@@ -422,9 +411,8 @@ class FastStep(StaticStep):
         loss_G = paddle.stack(losses_G).mean()
         if tricks.skipping:
             loss_G = paddle.where(skips[0][1], loss_G_unchanged, loss_G)
-        self.fetch = [loss_D, unary("sigmoid", logits_real).mean(), unary("sigmoid", logits_fake).mean(),
-                      err_real, err_fake, loss_G, unary("sign", logits_real).mean(),
-                      *parameter_sums(G, D)]
+        self.fetch = [loss_D, F.sigmoid(logits_real).mean(), F.sigmoid(logits_fake).mean(), err_real, err_fake,
+                      loss_G, paddle.sign(logits_real).mean(), *parameter_sums(G, D)]
         if self.lecam:
             self.fetch += [reg, ema_real, ema_fake]
         self.fetch += [flag for pair in skips for flag in pair]
@@ -439,19 +427,7 @@ class FastStep(StaticStep):
         if skip is None:
             opt.minimize(loss, parameters=parameters, no_grad_set=no_grad_set)
             return
-        grads = opt.backward(loss, parameters=parameters, no_grad_set=no_grad_set)
-        trained = [p for p in parameters if p.trainable]
-        opt._create_accumulators(paddle.static.default_main_program().global_block(), trained)
-        with keeping(skip, trained + optimizer_vars(opt, trained)):
-            opt.apply_gradients(grads)
-
-    def load(self, G, D, opt_G, opt_D):
-        """Copy weights, BatchNorm statistics and Adam state from the dygraph objects into the program."""
-        self.load_parts({"G": G, "D": D}, {"G": opt_G, "D": opt_D})
-
-    def store(self, G, D, opt_G, opt_D):
-        """Copy the program's weights, statistics and Adam state back into the dygraph objects."""
-        self.store_parts({"G": G, "D": D}, {"G": opt_G, "D": opt_D})
+        apply_gradients(opt, opt.backward(loss, parameters=parameters, no_grad_set=no_grad_set), skip)
 
     def __call__(self, real):
         """One iteration on the batch `real` (N x 3 x S x S in [-1, 1]).
@@ -511,10 +487,25 @@ def gather_count(rates, done):
     return paddle.gather(rates, count)
 
 
-def optimizer_vars(opt, parameters):
-    """The program variables of `opt`'s state for `parameters` (moments, powers, mean squares)."""
-    names = {p.name for p in parameters}
-    return [var for table in opt._accumulators.values() for name, var in table.items() if name in names]
+def updated_state(opt, parameters):
+    """The program variables that `opt`'s update of `parameters` changes: the trained parameters and their
+    optimizer state (moments, powers, mean squares), created now if the optimizer has not yet."""
+    trained = [p for p in parameters if p.trainable]
+    opt._create_accumulators(paddle.static.default_main_program().global_block(), trained)
+    names = {p.name for p in trained}
+    return trained + [var for table in opt._accumulators.values() for name, var in table.items() if name in names]
+
+
+def apply_gradients(opt, grads, skip=None):
+    """opt.apply_gradients(grads), undone where the boolean `skip` is true (weights and optimizer state as they
+    were; see `keeping`)."""
+    with keeping(skip, updated_state(opt, [p for p, _ in grads]) if skip is not None else []):
+        opt.apply_gradients(grads)
+
+
+def statistics(net):
+    """`net`'s state that no optimizer updates: BatchNorm's running statistics."""
+    return [v for v in net.state_dict().values() if not getattr(v, "trainable", False)]
 
 
 @contextlib.contextmanager
@@ -607,7 +598,7 @@ class ProgressiveStep(StaticStep):
         x_hat = real + (fake - real) * self.input("u", [n, 1, 1, 1])
         x_hat.stop_gradient = False
         grad, = paddle.static.gradients([D(x_hat)], [x_hat])
-        norm = paddle.sqrt(sum_rows((grad * grad).reshape([n, -1])) + 1e-12)
+        norm = paddle.sqrt((grad * grad).reshape([n, -1]).sum(axis=1) + 1e-12)   # progressive.gradient_penalty
         gp = self.gp_weight * ((norm - 1.0) ** 2).mean()
         wasserstein = score_fake.mean() - score_real.mean()
         loss_D = wasserstein + gp + self.drift * (score_real * score_real).mean()
@@ -628,9 +619,6 @@ class ProgressiveStep(StaticStep):
         if self.lecam:
             self.fetch += [reg, ema_real, ema_fake]
         self.register(nets, {"G": opt_G, "D": opt_D})
-
-    # the weights of nets "G", "D", "G_ema" and the Adam state of opts "G", "D", in and out
-    load, store = StaticStep.load_parts, StaticStep.store_parts
 
     def __call__(self, real, alpha, beta):
         """One iteration on `real` (progressive.real_at of the batch at this stage) at `alpha`, G's average
@@ -657,7 +645,7 @@ class VAEStep(StaticStep):
     Example:
         step = VAEStep("vae", E.args, batch=64, lr=1e-3, beta1=0.9, beta2=0.999, losses=methods.vae_losses)
         step.load({"E": E, "G": G}, {"E": opt_E, "G": opt_G})
-        stats = step(real_batch)              # {'loss_E', 'kl', 'reconstruction', 'E_check', 'G_check'}
+        stats = step(real_batch)              # {'loss', 'kl', 'reconstruction', 'E_check', 'G_check'}
         step.store({"E": E, "G": G}, {"E": opt_E, "G": opt_G})
     """
 
@@ -680,19 +668,16 @@ class VAEStep(StaticStep):
         self.fetch = [loss, kl, rec, *parameter_sums(*nets.values())]
         self.register(nets, opts)
 
-    # the weights of nets "E", "G" and the Adam state of opts "E", "G", in and out
-    load, store = StaticStep.load_parts, StaticStep.store_parts
-
     def __call__(self, real):
-        """One iteration on the batch `real`; VAEMethod's numbers and E_check, G_check (control.weight_checks')."""
-        return dict(zip(("loss_E", "kl", "reconstruction", "E_check", "G_check"), self.run(real, self.draw())))
+        """One iteration on the batch `real`: vae_losses' three numbers, E_check and G_check (as weight_checks)."""
+        return dict(zip(("loss", "kl", "reconstruction", "E_check", "G_check"), self.run(real, self.draw())))
 
 
 class VAEGANStep(StaticStep):
     """methods.VAEGANMethod's iteration as a static program on the CPU, built from the eager step's own halves
-    (`halves`: methods.vaegan_vae_losses, vaegan_gan_losses): the backward of KL + L_llike with D frozen, G's gradient of
-    it times gamma plus its (reversed) gradient of the GAN loss, D's of 0.5 L_GAN; then E's step, and G's and
-    D's unless the balancing rule skips them (decided in the program, as FastStep decides; a skipped step
+    (`halves`: methods.vaegan_vae_losses, vaegan_gan_losses): the backward of KL + L_llike with D frozen, G's
+    gradient of it times gamma plus its (reversed) gradient of the GAN loss, D's of 0.5 L_GAN; then E's step,
+    and G's and D's unless the balancing rule skips them (decided in the program, as FastStep decides; a skipped step
     leaves the weights and optimizer state as they were).
 
     Example:
@@ -733,18 +718,12 @@ class VAEGANStep(StaticStep):
         for key, grads, skip in (("E", [(p, vae[p.name]) for p in params["E"]], None),
                                  ("G", [(p, vae[p.name] * self.gamma + gan[p.name]) for p in params["G"]], skip_g),
                                  ("D", [(p, gan[p.name]) for p in params["D"]], skip_d)):
-            if skip is not None:
-                opts[key]._create_accumulators(paddle.static.default_main_program().global_block(), params[key])
-            with keeping(skip, params[key] + optimizer_vars(opts[key], params[key]) if skip is not None else []):
-                opts[key].apply_gradients(grads)
+            apply_gradients(opts[key], grads, skip)
         self.fetch = [kl + llike, kl, llike, err_real + err_fake, loss_D, err_real, err_fake,
-                      unary("sigmoid", logits[:n]).mean(), unary("sigmoid", logits[n:]).mean(),
-                      unary("sign", logits[:n]).mean(), *parameter_sums(E, G, D)]
+                      F.sigmoid(logits[:n]).mean(), F.sigmoid(logits[n:]).mean(), paddle.sign(logits[:n]).mean(),
+                      *parameter_sums(E, G, D)]
         self.fetch += [skip_d, skip_g] if tricks.skipping else []
         self.register(nets, opts)
-
-    # the weights of nets "E", "G", "D" and the optimizer state of opts "E", "G", "D", in and out
-    load, store = StaticStep.load_parts, StaticStep.store_parts
 
     def __call__(self, real):
         """One iteration on the batch `real`: VAEGANMethod's numbers (sign_real among them, for ADA) and

@@ -122,6 +122,9 @@ class Method:
         self.nets = network.build(arch, **self.args)
         self.opts = {}
         self.path = "dygraph"
+        # the static CPU step (faststep.py), which holds the weights while it trains, and whether self.nets and
+        # self.opts lag behind it
+        self.fast, self.stale = None, False
         # what D sees (--augment), ADA's p, LeCam's averages: the same for every method with a D
         self.T = Augment(getattr(cfg, "augment", None) or "none")
         self.ada = AdaController(self.T)
@@ -214,7 +217,10 @@ class Method:
         raise NotImplementedError
 
     def sync(self):
-        """Bring self.nets and self.opts up to date, where the step keeps its own copy of them."""
+        """Bring self.nets and self.opts up to date, where the static step keeps its own copy of them."""
+        if self.stale:
+            self.fast.store(self.nets, self.opts)
+            self.stale = False
 
     def state(self, pos):
         """The method's own state for the checkpoint (JSON-like)."""
@@ -368,7 +374,6 @@ class BCEMethod(Method):
                      for name in ("G", "D")}
         self.tricks = Tricks(balance=cfg.balance, margin=cfg.margin, optimizer=cfg.optimizer, lr=cfg.lr,
                              real_label=cfg.real_label, label_jitter=cfg.label_jitter, flip_labels=cfg.flip_labels)
-        self.fast, self.stale = None, False
         if cfg.ema:
             self.average_G()
 
@@ -382,7 +387,7 @@ class BCEMethod(Method):
         if self.path == "static":
             self.fast = faststep.FastStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
                                           cfg.d_steps, cfg.g_steps, self.T, self.lecam, self.tricks)
-            self.fast.load(G, D, self.opts["G"], self.opts["D"])
+            self.fast.load(self.nets, self.opts)
         self.G_run, self.D_run = self.procs.wrap(G), self.procs.wrap(D)
 
     def step(self, real, pos):
@@ -401,11 +406,6 @@ class BCEMethod(Method):
         if "G_ema" in self.nets:
             ema_update(self.nets["G_ema"], self.nets["G"], ema_beta(pos.iteration))
         return self.regularised(stats, real.shape[0]), checks
-
-    def sync(self):
-        if self.stale:
-            self.fast.store(self.nets["G"], self.nets["D"], self.opts["G"], self.opts["D"])
-            self.stale = False
 
     def state(self, pos):
         # options and counters (L2 coefficient, updates, skips), ADA's p and LeCam's averages
@@ -447,6 +447,11 @@ def vae_losses(E, G, real, noise):
     return kl + rec, kl, rec
 
 
+def vae_stats(loss, kl, rec):
+    """VAEMethod's numbers for the log from its losses (tensors or floats)."""
+    return {"loss_E": float(loss), "loss_G": float(rec), "kl": float(kl), "reconstruction": float(rec)}
+
+
 class VAEMethod(Method):
     """A variational autoencoder (the Torch blog's "going further", after y0ast's VAE-Torch): encoder E gives
     the mean and log-variance of z, the decoder G draws x from z = mean + exp(logvar / 2) eps; the loss per
@@ -466,7 +471,6 @@ class VAEMethod(Method):
     def start(self, pos, device):
         self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world)
         self.E_run, self.G_run = self.procs.wrap(self.nets["E"]), self.procs.wrap(self.nets["G"])
-        self.fast, self.stale = None, False
         if self.path == "static":
             cfg = self.cfg
             self.fast = faststep.VAEStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2, vae_losses)
@@ -474,21 +478,12 @@ class VAEMethod(Method):
 
     def step(self, real, pos):
         if self.fast is not None:
-            stats = self.fast(real)
+            out = self.fast(real)
             self.stale = True
-            checks = {"E": stats.pop("E_check"), "G": stats.pop("G_check")}
-        else:
-            loss, kl, rec = vae_losses(self.E_run, self.G_run, real, paddle.randn)
-            update(list(self.opts.values()), loss, self.procs.reduce)
-            stats = {"loss_E": float(loss), "kl": float(kl), "reconstruction": float(rec)}
-            checks = weight_checks(self.nets)
-        return {"loss_E": stats["loss_E"], "loss_G": stats["reconstruction"], "kl": stats["kl"],
-                "reconstruction": stats["reconstruction"]}, checks
-
-    def sync(self):
-        if self.stale:
-            self.fast.store(self.nets, self.opts)
-            self.stale = False
+            return vae_stats(out["loss"], out["kl"], out["reconstruction"]), {"E": out["E_check"], "G": out["G_check"]}
+        loss, kl, rec = vae_losses(self.E_run, self.G_run, real, paddle.randn)
+        update(list(self.opts.values()), loss, self.procs.reduce)
+        return vae_stats(loss, kl, rec), weight_checks(self.nets)
 
     def plots(self, history, folder):
         plot_curves(history, {"kl": "KL to N(0, I)", "reconstruction": "reconstruction error"}, self.loss_label,
@@ -595,7 +590,6 @@ class VAEGANMethod(Method):
         cfg = self.cfg
         self.path = choose_step(cfg.step, device, self.arch, self.procs.world)
         self.run = {name: self.procs.wrap(net) for name, net in self.nets.items()}
-        self.fast, self.stale = None, False
         if self.path == "static":
             self.fast = faststep.VAEGANStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
                                             cfg.gamma, cfg.d_reconstructions, self.T, self.tricks,
@@ -607,11 +601,6 @@ class VAEGANMethod(Method):
         self.stale = True
         checks = {name: stats.pop(f"{name}_check") for name in self.order}
         return self.regularised(stats, real.shape[0]), checks
-
-    def sync(self):
-        if self.stale:
-            self.fast.store(self.nets, self.opts)
-            self.stale = False
 
     def step(self, real, pos):
         cfg, procs, tricks = self.cfg, self.procs, self.tricks

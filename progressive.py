@@ -183,7 +183,7 @@ class ProgressiveMethod(Method):
         self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world)
         self.phase = self.at(pos.images_seen)[2]
         self.G_run, self.D_run = self.procs.wrap(self.nets["G"]), self.procs.wrap(self.nets["D"])
-        self.fast, self.fast_key, self.stale = None, None, False
+        self.fast, self.fast_key = None, None
 
     def step(self, real, pos):
         res, alpha, phase = self.at(pos.images_seen)
@@ -214,11 +214,6 @@ class ProgressiveMethod(Method):
         self.stale = True
         checks = {"G": stats.pop("G_check"), "D": stats.pop("D_check")}
         return self.regularised(dict(stats, res=res, alpha=round(alpha, 4)), real.shape[0]), checks
-
-    def sync(self):
-        if self.stale:
-            self.fast.store(self.nets, self.opts)
-            self.stale = False
 
     def state(self, pos):
         return {"stage": dict(zip(("res", "alpha", "phase"), self.at(pos.images_seen))), **self.regularity_state()}
