@@ -200,14 +200,15 @@ def inference_form(G):
     cannot run nearest_interp: "ConvertPirAttribute2RuntimeAttribute not support" for its scale attribute),
     and PG-GAN's pixel norm as network.pixel_norm_by_conv (its channel mean as a 1x1 convolution on oneDNN)."""
     layers = [layer for layer in G.sublayers() if network.nearest_doubling(layer)]
-    saved = network.upsample, network.pixel_norm
+    saved = network.upsample, network.pixel_norm, network.up_conv
     network.upsample, network.pixel_norm = network.nearest_up2, network.pixel_norm_by_conv
+    network.up_conv = network.up_conv_transposed
     for layer in layers:
         layer.forward = network.nearest_up2
     try:
         yield
     finally:
-        network.upsample, network.pixel_norm = saved
+        network.upsample, network.pixel_norm, network.up_conv = saved
         for layer in layers:
             del layer.forward
 

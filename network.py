@@ -306,6 +306,26 @@ def nearest_up2(x):
     return x.reshape([n, c, h, 1, w, 1]).expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
 
 
+def up_conv(conv, x):
+    """conv(upsample(x)): PG-GAN's G doubles its resolution before the first convolution of a block."""
+    return conv(upsample(x))
+
+
+def up_conv_transposed(conv, x):
+    """up_conv(conv, x) as one transposed convolution (stride 2, 4x4 kernel) of x itself: the same numbers to float
+    rounding, with no upsampled tensor and 16 instead of 36 multiplications per output pixel and weight.
+
+    Each output pixel of a 3x3 convolution on a nearest-upsampled image sees two input rows (and columns), with
+    taps (w0, w1 + w2) or (w0 + w1, w2); summing the padded 3x3 kernel's four shifted 4x4 windows gives those
+    sums, as the official PG-GAN's `upscale2d_conv2d` (tkarras/progressive_growing_of_gans, networks.py). Paddle's
+    conv2d_transpose applies its kernel flipped against that code's, hence the flip. Exported generators use it
+    (generator.inference_form); tests/test_generator.py checks it against up_conv.
+    """
+    w = F.pad(conv.weight * conv.scale, [1, 1, 1, 1])                       # [out, in, 5, 5]
+    w = w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
+    return F.conv2d_transpose(x, w.flip([2, 3]).transpose([1, 0, 2, 3]), conv.bias, stride=2, padding=1)
+
+
 def downsample(x):
     """2x2 average pooling."""
     return F.avg_pool2d(x, 2)
@@ -366,9 +386,8 @@ class PGGANGenerator(nn.Layer):
         r = 4
         while r < self.res:
             prev, r = x, 2 * r
-            x = upsample(x)
-            for conv in self.blocks[str(r)]:
-                x = self._act(conv(x))
+            first, second = self.blocks[str(r)]
+            x = self._act(second(self._act(up_conv(first, x))))
         rgb = self.to_rgb[str(r)](x)
         if fading(self.alpha) and prev is not None:
             old = upsample(self.to_rgb[str(r // 2)](prev))

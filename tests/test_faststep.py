@@ -339,6 +339,26 @@ def test_nearest_upsampling_as_a_broadcast_equals_interpolate():
     np.testing.assert_allclose(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-6)  # 4 terms summed in another order
 
 
+def test_upsampling_then_convolution_as_one_transposed_convolution_equals_both():
+    """network.up_conv_transposed, PG-GAN's exported G: output, and the gradients of x, the weights and the bias."""
+    paddle.seed(3)
+    conv = network.EqualizedConv2D(5, 4)
+    conv.bias.set_value(paddle.randn([4]))
+    x = paddle.randn([2, 5, 3, 7])
+    x.stop_gradient = False
+    weights = paddle.randn([2, 4, 6, 14])
+    results = []
+    for form in (network.up_conv, network.up_conv_transposed):
+        y = form(conv, x)
+        (y * weights).sum().backward()
+        results.append([t.numpy().copy() for t in (y, x.grad, conv.weight.grad, conv.bias.grad)])
+        for t in (x, conv.weight, conv.bias):
+            t.clear_gradient()
+    for fused, plain in zip(results[1], results[0]):
+        assert fused.shape == plain.shape
+        np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
+
+
 @pytest.mark.parametrize("shape", [[4, 6, 5, 5], [4, 6]])
 def test_pixel_norm_by_convolution_equals_pixel_norm(shape):
     x = paddle.randn(shape)
