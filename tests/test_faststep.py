@@ -339,6 +339,26 @@ def test_nearest_upsampling_as_a_broadcast_equals_interpolate():
     np.testing.assert_allclose(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-6)  # 4 terms summed in another order
 
 
+def test_equalized_convolution_adds_the_bias_as_conv2d_does():
+    """EqualizedConv2D adds its bias after the convolution (Paddle's faster broadcast): the output and every gradient
+    as F.conv2d with the bias argument."""
+    paddle.seed(4)
+    conv = network.EqualizedConv2D(5, 4)
+    conv.bias.set_value(paddle.randn([4]))
+    x = paddle.randn([3, 5, 6, 7])
+    x.stop_gradient = False
+    weights = paddle.randn([3, 4, 6, 7])
+    results = []
+    for form in (conv, lambda t: paddle.nn.functional.conv2d(t, conv.weight * conv.scale, conv.bias, padding=1)):
+        y = form(x)
+        (y * weights).sum().backward()
+        results.append([t.numpy().copy() for t in (y, x.grad, conv.weight.grad, conv.bias.grad)])
+        for t in (x, conv.weight, conv.bias):
+            t.clear_gradient()
+    for ours, paddles in zip(*results):
+        np.testing.assert_allclose(ours, paddles, rtol=1e-5, atol=1e-5 * np.abs(paddles).max())
+
+
 def test_upsampling_then_convolution_as_one_transposed_convolution_equals_both():
     """network.up_conv_transposed, PG-GAN's exported G: output, and the gradients of x, the weights and the bias."""
     paddle.seed(3)
