@@ -565,11 +565,6 @@ class ProgressiveStep(StaticStep):
         stats = step(progressive.real_at(real, 32, 1.0), alpha=1.0, beta=methods.ema_beta(updates))
     """
 
-    # The convolutions' gradients on oneDNN, not the convolutions: with oneDNN's forward convolution the
-    # gradient penalty of a fresh D came out 2.5e-4 (relative) off the eager step's, with its backward alone
-    # it is the same to float rounding, and the forward convolutions are a small part of this step's time.
-    onednn = ("conv2d_grad",)
-
     def __init__(self, arch, arch_args, res, fading, batch, lr, beta1, beta2, gp_weight, drift, augment=None,
                  lecam=None):
         if not network.architecture(arch).static_step:

@@ -123,6 +123,19 @@ def test_static_step_equals_the_dygraph_step_with_label_tricks(arch, labels):
         np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+def assert_adam_states_close(have, want, lr, atol=1e-6):
+    """Every number of two states after one Adam update equal to float tolerance, except that up to 1 in 1,000
+    elements of a large weight may differ by up to 2.1 lr: Adam's first update moves each weight by about
+    lr * sign(gradient), and where a gradient is float noise its sign depends on the order of the sums."""
+    assert set(want) <= set(have)
+    for k in want:
+        close = np.isclose(have[k], want[k], rtol=1e-4, atol=atol)
+        if k.split(".")[-1] == "weight" and close.size > 1000:
+            assert close.mean() >= 0.999 and np.abs(have[k] - want[k]).max() <= 2.1 * lr, k
+        else:
+            np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=atol, err_msg=k)
+
+
 @pytest.mark.parametrize("arch, size, batch", [("mlp", 16, 1), ("mlp", 16, 8), ("conv128", 128, 2)])
 def test_static_step_equals_the_dygraph_step_for_the_series_models(arch, size, batch):
     """"Make Your Own GAN"'s MLP (one image per update, as it trains) and 128-px conv GAN, with their Adam
@@ -156,12 +169,7 @@ def test_static_step_equals_the_dygraph_step_for_the_series_models(arch, size, b
             step.store(*held(*static))
             want, have = state(*plain), state(*static)
             assert set(want) == set(have) and any(k.endswith("moment2_0") for k in want)
-            for k in want:
-                close = np.isclose(have[k], want[k], rtol=1e-4, atol=1e-6)
-                if k.split(".")[-1] == "weight" and close.size > 1000:
-                    assert close.mean() >= 0.999 and np.abs(have[k] - want[k]).max() <= 2.1 * lr, k
-                else:
-                    np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+            assert_adam_states_close(have, want, lr)
 
 
 def test_vae_static_step_equals_the_eager_step():
@@ -487,7 +495,8 @@ def every_number(nets, opts):
 def test_progressive_static_step_equals_the_eager_iteration(res, alpha, kind, p, lecam):
     """WGAN-GP through the double backward, the fade's alpha, T, LeCam and G's average: the same numbers.
 
-    After one iteration every weight, average and Adam moment agrees to float rounding. Later iterations
+    After one iteration every weight, average and Adam moment agrees to float rounding (but for Adam's sign
+    on noise-sized gradients, assert_adam_states_close: oneDNN's convolutions sum in another order). Later iterations
     agree less tightly, and not from the program: Adam with beta1 = 0 moves a weight whose gradient is
     rounding noise (D's output bias in WGAN's loss) by a full learning rate either way, so only the losses
     are compared there, to 5e-3."""
@@ -518,5 +527,4 @@ def test_progressive_static_step_equals_the_eager_iteration(res, alpha, kind, p,
             # (store gives the layers of other stages their fresh Adam state, which eager Adam creates on first use)
             assert set(want) <= set(have) and any(".moment2" in k for k in want)
             assert any(k.startswith("G_ema") for k in want)
-            for k in want:
-                np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+            assert_adam_states_close(have, want, 1e-3, atol=1e-5)
