@@ -347,21 +347,27 @@ def test_nearest_upsampling_as_a_broadcast_equals_interpolate():
     np.testing.assert_allclose(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-6)  # 4 terms summed in another order
 
 
-def test_equalized_convolution_adds_the_bias_as_conv2d_does():
-    """EqualizedConv2D adds its bias after the convolution (Paddle's faster broadcast): the output and every gradient
-    as F.conv2d with the bias argument."""
+@pytest.mark.parametrize("make, conv2d", [
+    (lambda: network.EqualizedConv2D(5, 4),
+     lambda layer, t: paddle.nn.functional.conv2d(t, layer.weight * layer.scale, layer.bias, padding=1)),
+    (lambda: network.ConvBlock(5, 4, 5, stride=1, padding=2, norm=False, act=None, bias=True),   # the Torch blog's D
+     lambda layer, t: paddle.nn.Conv2D.forward(layer.conv, t))])
+def test_convolutions_add_their_bias_as_conv2d_does(make, conv2d):
+    """EqualizedConv2D and ConvBlock add their bias after the convolution (Paddle's faster broadcast): the output
+    and every gradient as Paddle's convolution with its own bias."""
     paddle.seed(4)
-    conv = network.EqualizedConv2D(5, 4)
-    conv.bias.set_value(paddle.randn([4]))
+    layer = make()
+    params = [layer.weight, layer.bias] if hasattr(layer, "scale") else [layer.conv.weight, layer.conv.bias]
+    params[1].set_value(paddle.randn([4]))
     x = paddle.randn([3, 5, 6, 7])
     x.stop_gradient = False
     weights = paddle.randn([3, 4, 6, 7])
     results = []
-    for form in (conv, lambda t: paddle.nn.functional.conv2d(t, conv.weight * conv.scale, conv.bias, padding=1)):
+    for form in (layer, lambda t: conv2d(layer, t)):
         y = form(x)
         (y * weights).sum().backward()
-        results.append([t.numpy().copy() for t in (y, x.grad, conv.weight.grad, conv.bias.grad)])
-        for t in (x, conv.weight, conv.bias):
+        results.append([t.numpy().copy() for t in (y, x.grad, *(p.grad for p in params))])
+        for t in (x, *params):
             t.clear_gradient()
     for ours, paddles in zip(*results):
         np.testing.assert_allclose(ours, paddles, rtol=1e-5, atol=1e-5 * np.abs(paddles).max())
