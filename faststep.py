@@ -591,8 +591,7 @@ class ProgressiveStep(StaticStep):
         score_real, score_fake = D(real), D(fake)
         # progressive.gradient_penalty: 10 (||grad_x D(x_hat)|| - 1)^2, x_hat = lerp(real, fake, u)
         x_hat = real + (fake - real) * self.input("u", [n, 1, 1, 1])
-        x_hat.stop_gradient = False
-        grad, = paddle.static.gradients([D(x_hat)], [x_hat])
+        grad = D.input_gradient(x_hat)   # = paddle.static.gradients([D(x_hat)], [x_hat]), without second derivatives
         norm = paddle.sqrt((grad * grad).reshape([n, -1]).sum(axis=1) + 1e-12)   # progressive.gradient_penalty
         gp = self.gp_weight * ((norm - 1.0) ** 2).mean()
         wasserstein = score_fake.mean() - score_real.mean()

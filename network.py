@@ -286,6 +286,57 @@ def pixel_norm_by_conv(x, eps=1e-8):
     return x * paddle.rsqrt(F.conv2d(x * x, paddle.full([1, c, 1, 1], 1.0 / c)) + eps)
 
 
+def vjp(y, x, g):
+    """g times the derivative of y with respect to x, by autograd (eager or static), differentiable again."""
+    if paddle.in_dynamic_mode():
+        return paddle.grad(y, x, g, create_graph=True)[0]
+    return paddle.static.gradients([y], [x], [g])[0]
+
+
+def backward_through(tape, g):
+    """The gradient at the start of a pass recorded by PGGANDiscriminator.forward's `tape`, given `g` at its end."""
+    extra = []
+    for step in reversed(tape):
+        kind = step[0]
+        if kind == "layer":
+            f = step[1]
+            if isinstance(f, EqualizedLinear):
+                g = paddle.matmul(g, f.weight * f.scale, transpose_y=True)
+            else:   # stride 1, same padding: the input's gradient is the convolution with the adjoint kernel
+                g = F.conv2d(g, (f.weight * f.scale).flip([2, 3]).transpose([1, 0, 2, 3]), padding=f.padding)
+        elif kind == "lrelu":   # autograd's own: Paddle's second derivative takes slope 0.2 at exactly 0, its first 1
+            g = vjp(step[2], step[1], g)
+        elif kind == "pool":
+            g = nearest_up2(g) * 0.25
+        elif kind == "reshape":
+            g = g.reshape(list(step[1]))
+        elif kind == "stddev":
+            g = minibatch_stddev_gradient(g, step[1])
+        else:       # "fade": x = old + (x - old) * alpha, old computed from the same input by its own steps
+            _, alpha, old_tape = step
+            extra.append(backward_through(old_tape, g * (1.0 - alpha)))
+            g = g * alpha
+    for e in extra:
+        g = g + e
+    return g
+
+
+def minibatch_stddev_gradient(g, x, group=4):
+    """The gradient at x of sum(g * minibatch_stddev(x, group)), for backward_through.
+
+    With y the group's deviations from its mean and std = sqrt(mean(y^2) + 1e-8), the extra channel's value s
+    is std averaged over C x H x W; d s / d x = y / (group * std * C * H * W) (the mean's own term sums to 0).
+    """
+    n, c, h, w = x.shape
+    gs = min(group, n)
+    y = x.reshape([gs, -1, c, h, w])
+    y = y - y.mean(axis=0, keepdim=True)
+    std = paddle.sqrt((y * y).mean(axis=0) + 1e-8)                      # [M, C, H, W]
+    g_s = g[:, c:].reshape([gs, -1, h * w]).sum(axis=[0, 2])            # [M]: each group's value's gradient
+    through = y * (g_s.reshape([1, -1, 1, 1, 1]) / float(gs * c * h * w)) / std
+    return g[:, :c] + through.reshape([n, c, h, w])
+
+
 def minibatch_stddev(x, group=4):
     """x with one more channel: the standard deviation over groups of `group` images, averaged to one value.
 
@@ -434,20 +485,52 @@ class PGGANDiscriminator(nn.Layer):
             raise ValueError(f"resolution {res} is not one of {list(self.nf)}")
         self.res, self.alpha = res, float(alpha)
 
-    def forward(self, img):
+    def forward(self, img, tape=None):
+        """[N] scores (WGAN: not logits). `tape`, a list, receives each step of the pass for input_gradient."""
+        record = tape.append if tape is not None else (lambda step: None)
+
+        def layer(f, x, rec=record):          # an equalized convolution or dense layer
+            rec(("layer", f))
+            return f(x)
+
+        def act(x, rec=record):
+            y = F.leaky_relu(x, 0.2)
+            rec(("lrelu", x, y))
+            return y
+
+        def pool(x, rec=record):
+            rec(("pool",))
+            return downsample(x)
+
         r = img.shape[-1]
-        x = F.leaky_relu(self.from_rgb[str(r)](img), 0.2)
+        x = act(layer(self.from_rgb[str(r)], img))
         while r > 4:
             for conv in self.blocks[str(r)]:
-                x = F.leaky_relu(conv(x), 0.2)
-            x = downsample(x)
+                x = act(layer(conv, x))
+            x = pool(x)
             if r == self.res and fading(self.alpha):
-                old = F.leaky_relu(self.from_rgb[str(r // 2)](downsample(img)), 0.2)
+                old_tape = []
+                old = act(layer(self.from_rgb[str(r // 2)], pool(img, old_tape.append), old_tape.append),
+                          old_tape.append)
+                record(("fade", self.alpha, old_tape))
                 x = old + (x - old) * self.alpha
             r //= 2
-        x = F.leaky_relu(self.final_conv(minibatch_stddev(x)), 0.2)
-        x = F.leaky_relu(self.dense(x.reshape([x.shape[0], -1])), 0.2)  # reshape: flatten has no second derivative
-        return self.out(x).reshape([-1])                            # -> [N] scores (WGAN: not logits)
+        record(("stddev", x))
+        x = act(layer(self.final_conv, minibatch_stddev(x)))
+        record(("reshape", x.shape))
+        x = act(layer(self.dense, x.reshape([x.shape[0], -1])))  # reshape: flatten has no second derivative
+        return layer(self.out, x).reshape([-1])                  # -> [N]
+
+    def input_gradient(self, img):
+        """The gradient of the sum of D(img) with respect to img, written out with first-order ops: convolutions
+        with the flipped, transposed kernels, leaky ReLU's slopes, pooling's spread, the minibatch stddev's
+        derivative. It equals paddle.grad(D(img).sum(), img) to float rounding (tests/test_faststep.py), and a
+        gradient of it (WGAN-GP's penalty) then needs no second derivatives: Paddle 3.3 has no oneDNN kernel
+        for conv2d_grad_grad, which was the largest op of PG-GAN's static step (faststep.ProgressiveStep).
+        """
+        tape = []
+        self.forward(img, tape)
+        return backward_through(tape, paddle.ones([img.shape[0], 1]))
 
 
 # ----------------------------------------------------------------------------- the Torch blog's VAE
