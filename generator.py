@@ -20,6 +20,7 @@ Examples:
     python generator.py --checkpoint runs/vae/checkpoint.pdparams --reconstruct 16  # beside their reconstructions
 """
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -198,18 +199,26 @@ def inference_form(G):
     """While paddle.jit.save traces G: its nearest upsampling (nn.Upsample layers, network.upsample) as
     network.nearest_up2, a reshape and a broadcast with the same numbers (Paddle Inference 3.3's oneDNN path
     cannot run nearest_interp: "ConvertPirAttribute2RuntimeAttribute not support" for its scale attribute),
-    and PG-GAN's pixel norm as network.pixel_norm_by_conv (its channel mean as a 1x1 convolution on oneDNN)."""
-    layers = [layer for layer in G.sublayers() if network.nearest_doubling(layer)]
+    PG-GAN's pixel norm as network.pixel_norm_by_conv (its channel mean as a 1x1 convolution on oneDNN), and each
+    upsampling followed by a convolution (PG-GAN's blocks, the Torch blog's upsample_block) as one transposed
+    convolution of the small image (network.up_conv_transposed, conv_of_upsampled: no upsampled tensor, 2.25x
+    fewer multiplications at 3x3, 2.8x at 5x5)."""
+    pairs = network.upsample_conv_pairs(G)
+    fused = [up for up, _ in pairs]
+    layers = [layer for layer in G.sublayers() if network.nearest_doubling(layer) and layer not in fused]
     saved = network.upsample, network.pixel_norm, network.up_conv
     network.upsample, network.pixel_norm = network.nearest_up2, network.pixel_norm_by_conv
     network.up_conv = network.up_conv_transposed
     for layer in layers:
         layer.forward = network.nearest_up2
+    for up, conv in pairs:
+        up.forward = lambda x: x
+        conv.forward = functools.partial(network.conv_of_upsampled, conv)
     try:
         yield
     finally:
         network.upsample, network.pixel_norm, network.up_conv = saved
-        for layer in layers:
+        for layer in layers + [layer for pair in pairs for layer in pair]:
             del layer.forward
 
 

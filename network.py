@@ -376,19 +376,50 @@ def up_conv(conv, x):
     return conv(upsample(x))
 
 
-def up_conv_transposed(conv, x):
-    """up_conv(conv, x) as one transposed convolution (stride 2, 4x4 kernel) of x itself: the same numbers to float
-    rounding, with no upsampled tensor and 16 instead of 36 multiplications per output pixel and weight.
+def upsampled_kernel(weight):
+    """The kernel of one stride-2 transposed convolution (padding k // 2) that computes a stride-1 convolution with
+    `weight` ([out, in, k, k], k odd, padding k // 2) of the nearest-upsampled input: [in, out, k + 1, k + 1].
 
-    Each output pixel of a 3x3 convolution on a nearest-upsampled image sees two input rows (and columns), with
-    taps (w0, w1 + w2) or (w0 + w1, w2); summing the padded 3x3 kernel's four shifted 4x4 windows gives those
-    sums, as the official PG-GAN's `upscale2d_conv2d` (tkarras/progressive_growing_of_gans, networks.py). Paddle's
-    conv2d_transpose applies its kernel flipped against that code's, hence the flip. Exported generators use it
-    (generator.inference_form); tests/test_generator.py checks it against up_conv.
+    Each output pixel of a convolution on a nearest-upsampled image sees each input pixel through one or two
+    adjacent taps; summing the zero-padded kernel's four shifted windows gives those sums, as the official PG-GAN's
+    `upscale2d_conv2d` (tkarras/progressive_growing_of_gans, networks.py). Paddle's conv2d_transpose applies its
+    kernel flipped against that code's, hence the flip. No upsampled tensor is made, and a 3x3 kernel costs 16
+    instead of 36 multiplications per input pixel and weight (5x5: 36 instead of 100).
     """
-    w = F.pad(conv.weight * conv.scale, [1, 1, 1, 1])                       # [out, in, 5, 5]
+    w = F.pad(weight, [1, 1, 1, 1])                                        # [out, in, k + 2, k + 2]
     w = w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
-    return F.conv2d_transpose(x, w.flip([2, 3]).transpose([1, 0, 2, 3]), conv.bias, stride=2, padding=1)
+    return w.flip([2, 3]).transpose([1, 0, 2, 3])
+
+
+def up_conv_transposed(conv, x):
+    """up_conv(conv, x) as one transposed convolution of x: the same numbers to float rounding. Exported generators
+    use it (generator.inference_form); tests/test_faststep.py checks it against up_conv, forward and backward."""
+    return F.conv2d_transpose(x, upsampled_kernel(conv.weight * conv.scale), conv.bias, stride=2, padding=conv.padding)
+
+
+def conv_of_upsampled(conv, x):
+    """nn.Conv2D `conv` (stride 1, odd kernel, padding k // 2) applied to upsample(x), as one transposed convolution
+    (see upsampled_kernel). For upsample_conv_pairs."""
+    return F.conv2d_transpose(x, upsampled_kernel(conv.weight), conv.bias, stride=2, padding=conv._kernel_size[0] // 2)
+
+
+def upsample_conv_pairs(net):
+    """(upsampling layer, nn.Conv2D) pairs of `net` where the convolution, stride 1 with an odd square kernel and
+    same padding, directly follows nearest x2 upsampling in a ConvBlock (the Torch blog's upsample_block): the pairs
+    conv_of_upsampled computes as one transposed convolution."""
+    pairs = []
+    for seq in [net, *net.sublayers()]:
+        if not isinstance(seq, nn.Sequential):
+            continue
+        children = list(seq.children())
+        for up, block in zip(children, children[1:]):
+            conv = getattr(block, "conv", None)
+            if (nearest_doubling(up) and isinstance(block, ConvBlock) and type(conv) is nn.Conv2D
+                    and conv._stride == [1, 1] and conv._dilation == [1, 1] and conv._groups == 1
+                    and conv._padding_mode == "zeros" and conv._kernel_size[0] == conv._kernel_size[1]
+                    and conv._kernel_size[0] % 2 == 1 and conv._updated_padding == [conv._kernel_size[0] // 2] * 2):
+                pairs.append((up, conv))
+    return pairs
 
 
 def downsample(x):

@@ -373,24 +373,36 @@ def test_convolutions_add_their_bias_as_conv2d_does(make, conv2d):
         np.testing.assert_allclose(ours, paddles, rtol=1e-5, atol=1e-5 * np.abs(paddles).max())
 
 
-def test_upsampling_then_convolution_as_one_transposed_convolution_equals_both():
-    """network.up_conv_transposed, PG-GAN's exported G: output, and the gradients of x, the weights and the bias."""
+@pytest.mark.parametrize("make, fused, plain", [
+    (lambda: network.EqualizedConv2D(5, 4), network.up_conv_transposed, network.up_conv),      # PG-GAN's G, 3x3
+    (lambda: paddle.nn.Conv2D(5, 4, 5, padding=2), network.conv_of_upsampled,                  # the Torch blog's, 5x5
+     lambda conv, t: conv(network.upsample(t)))])
+def test_upsampling_then_convolution_as_one_transposed_convolution_equals_both(make, fused, plain):
+    """network.up_conv_transposed and conv_of_upsampled (exported generators): the output, and the gradients of
+    x, the weights and the bias."""
     paddle.seed(3)
-    conv = network.EqualizedConv2D(5, 4)
+    conv = make()
     conv.bias.set_value(paddle.randn([4]))
     x = paddle.randn([2, 5, 3, 7])
     x.stop_gradient = False
     weights = paddle.randn([2, 4, 6, 14])
     results = []
-    for form in (network.up_conv, network.up_conv_transposed):
+    for form in (plain, fused):
         y = form(conv, x)
         (y * weights).sum().backward()
         results.append([t.numpy().copy() for t in (y, x.grad, conv.weight.grad, conv.bias.grad)])
         for t in (x, conv.weight, conv.bias):
             t.clear_gradient()
-    for fused, plain in zip(results[1], results[0]):
-        assert fused.shape == plain.shape
-        np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
+    for ours, reference in zip(results[1], results[0]):
+        assert ours.shape == reference.shape
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+def test_the_pairs_fused_in_exports_are_the_upsampling_convolutions():
+    torchblog = network.build_net("torchblog", "G", dict(size=32, z_dim=100, width=8))
+    pairs = network.upsample_conv_pairs(torchblog)
+    assert len(pairs) == 3 and all(network.nearest_doubling(up) and conv._kernel_size == [5, 5] for up, conv in pairs)
+    assert network.upsample_conv_pairs(network.build_net("dcgan", "G", dict(size=32, z_dim=100, width=8))) == []
 
 
 @pytest.mark.parametrize("shape", [[4, 6, 5, 5], [4, 6]])
