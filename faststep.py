@@ -14,10 +14,13 @@ step's errors before its update, and a skipped update restores what it changed (
 adaptive L2's coefficient and RMSProp's warm-up rates are inputs (FastStep's docstring).
 
 Any architecture whose ops the program can carry gets the step from `lower`, which rewrites the
-layers that have no static form or no fast kernel: nearest upsampling becomes a reshape and a
-broadcast, and dropout multiplies by a mask that the step draws from Paddle's generator before
-each run and feeds in, the numbers eager dropout would draw (so a seeded run drops the same
-units on both paths). Each rewrite is tested against the layer it replaces, forward and backward.
+layers that have no static form or no fast kernel: nearest upsampling followed by a same-size
+convolution (the Torch blog's G) becomes one transposed convolution of the small image
+(network.fuse_upsampling_convs), other nearest upsampling a reshape and a broadcast, and dropout
+multiplies by a mask that the step draws from Paddle's generator before each run and feeds in, the
+numbers eager dropout would draw (so a seeded run drops the same units on both paths). Each rewrite
+is tested against the layer it replaces, forward and backward. PG-GAN's gradient penalty takes D's
+input gradient from PGGANDiscriminator.input_gradient, first-order ops only (no conv2d_grad_grad).
 
 The weights, BatchNorm statistics and Adam moments live in this step's own scope while it
 trains; `load` copies them in from the dygraph networks and optimizers, `store` copies them
@@ -95,7 +98,10 @@ def lower(net, feed=None):
     `feed(kind, shape, extra)` -> a static input: where a layer draws random numbers (dropout), the
     program takes them as an input that the step draws before each run, in the order the layers ask.
     """
+    fused = network.fuse_upsampling_convs(net)   # the Torch blog's upsampling + 5x5 convolutions: 1.3-1.5x its step
     for layer in net.sublayers():
+        if layer in fused:
+            continue
         if isinstance(layer, nn.Conv2DTranspose) and list(layer._stride) == [1, 1] and not np.any(layer._padding):
             layer.forward = types.MethodType(_dense_forward, layer)
         elif network.nearest_doubling(layer):

@@ -20,7 +20,6 @@ Examples:
     python generator.py --checkpoint runs/vae/checkpoint.pdparams --reconstruct 16  # beside their reconstructions
 """
 import contextlib
-import functools
 import json
 import os
 import sys
@@ -203,22 +202,18 @@ def inference_form(G):
     upsampling followed by a convolution (PG-GAN's blocks, the Torch blog's upsample_block) as one transposed
     convolution of the small image (network.up_conv_transposed, conv_of_upsampled: no upsampled tensor, 2.25x
     fewer multiplications at 3x3, 2.8x at 5x5)."""
-    pairs = network.upsample_conv_pairs(G)
-    fused = [up for up, _ in pairs]
-    layers = [layer for layer in G.sublayers() if network.nearest_doubling(layer) and layer not in fused]
+    layers = network.fuse_upsampling_convs(G)
+    rest = [layer for layer in G.sublayers() if network.nearest_doubling(layer) and layer not in layers]
     saved = network.upsample, network.pixel_norm, network.up_conv
     network.upsample, network.pixel_norm = network.nearest_up2, network.pixel_norm_by_conv
     network.up_conv = network.up_conv_transposed
-    for layer in layers:
+    for layer in rest:
         layer.forward = network.nearest_up2
-    for up, conv in pairs:
-        up.forward = lambda x: x
-        conv.forward = functools.partial(network.conv_of_upsampled, conv)
     try:
         yield
     finally:
         network.upsample, network.pixel_norm, network.up_conv = saved
-        for layer in layers + [layer for pair in pairs for layer in pair]:
+        for layer in layers + rest:
             del layer.forward
 
 

@@ -22,6 +22,7 @@ pooling; `set_stage(res, alpha)` chooses the resolution and fade (progressive.py
 Example:
     python -c "import network; print(network.build('dcgan', size=64)['G'])"
 """
+import functools
 import warnings
 from dataclasses import dataclass, field
 
@@ -420,6 +421,21 @@ def upsample_conv_pairs(net):
                     and conv._kernel_size[0] % 2 == 1 and conv._updated_padding == [conv._kernel_size[0] // 2] * 2):
                 pairs.append((up, conv))
     return pairs
+
+
+def fuse_upsampling_convs(net):
+    """Set each pair of upsample_conv_pairs(net) to run as one transposed convolution (conv_of_upsampled), its
+    upsampling as the identity. Returns the layers whose forward it set (`del layer.forward` restores each)."""
+    patched = []
+    for up, conv in upsample_conv_pairs(net):
+        up.forward = identity
+        conv.forward = functools.partial(conv_of_upsampled, conv)
+        patched += [up, conv]
+    return patched
+
+
+def identity(x):
+    return x
 
 
 def downsample(x):
