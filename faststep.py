@@ -165,6 +165,12 @@ def legacy_api():
 
 # ----------------------------------------------------------------------------- the steps
 
+def require_static_step(arch):
+    """ValueError unless network.ARCHITECTURES says `arch` has a static step."""
+    if not network.architecture(arch).static_step:
+        raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+
+
 class StaticStep:
     """What every static step shares: its own scope and program, the random inputs it draws in the eager
     step's order, and copying weights and optimizer state between the program and the dygraph objects.
@@ -339,8 +345,7 @@ class FastStep(StaticStep):
 
     def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2, augment=None, lecam=None,
                  tricks=None):
-        if not network.architecture(arch).static_step:
-            raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+        require_static_step(arch)
         self.z_dim, self.d_steps, self.g_steps, self.lecam = arch_args["z_dim"], d_steps, g_steps, lecam
         self.lr = lr
         # balancing and label tricks, and their counters, which each run moves as bce_iteration does
@@ -573,8 +578,7 @@ class ProgressiveStep(StaticStep):
 
     def __init__(self, arch, arch_args, res, fading, batch, lr, beta1, beta2, gp_weight, drift, augment=None,
                  lecam=None):
-        if not network.architecture(arch).static_step:
-            raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+        require_static_step(arch)
         self.z_dim, self.fading, self.lecam = arch_args["z_dim"], fading, lecam
         self.gp_weight, self.drift = gp_weight, drift   # progressive.GP_WEIGHT, DRIFT
         super().__init__(batch, res, augment, functools.partial(self._build, arch, arch_args, lr, beta1, beta2))
@@ -650,8 +654,7 @@ class VAEStep(StaticStep):
     """
 
     def __init__(self, arch, arch_args, batch, lr, beta1, beta2, losses):
-        if not network.architecture(arch).static_step:
-            raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+        require_static_step(arch)
         super().__init__(batch, arch_args["size"], None,
                          functools.partial(self._build, arch, arch_args, lr, beta1, beta2, losses))
 
@@ -690,8 +693,7 @@ class VAEGANStep(StaticStep):
     """
 
     def __init__(self, arch, arch_args, batch, lr, beta1, beta2, gamma, d_reconstructions, augment, tricks, halves):
-        if not network.architecture(arch).static_step:
-            raise ValueError(f"no static step for {arch!r} (its network.ARCHITECTURES entry says so)")
+        require_static_step(arch)
         self.z_dim, self.gamma, self.d_reconstructions = arch_args["z_dim"], gamma, d_reconstructions
         self.tricks = tricks
         super().__init__(batch, arch_args["size"], augment,

@@ -436,13 +436,19 @@ def reconstruction_error(x, y):
     return 0.5 * ((x - y) ** 2).reshape([x.shape[0], -1]).sum(axis=1)
 
 
+def encode(E, real, noise):
+    """(z, KL to N(0, I) as a batch mean) for `real`: E gives the mean and log-variance of z, and
+    z = mean + exp(logvar / 2) eps with eps = noise(shape), the reparameterisation of the VAE and the VAE/GAN."""
+    mean, logvar = E(real)
+    z = mean + paddle.exp(0.5 * logvar) * noise(mean.shape)
+    return z, kl_divergence(mean, logvar).mean()
+
+
 def vae_losses(E, G, real, noise):
     """(loss, KL, reconstruction error), batch means, of the VAE on `real`: E gives the mean and log-variance
     of z, z = mean + exp(logvar / 2) eps with eps = noise(shape), G decodes z. The eager step's and the
     static program's (faststep.VAEStep), which passes a program input as the noise."""
-    mean, logvar = E(real)
-    z = mean + paddle.exp(0.5 * logvar) * noise(mean.shape)
-    kl = kl_divergence(mean, logvar).mean()
+    z, kl = encode(E, real, noise)
     rec = reconstruction_error(real, G(z)).mean()
     return kl + rec, kl, rec
 
@@ -513,9 +519,8 @@ def feature_error(D, reconstructed, real):
 def vaegan_vae_losses(E, G, D, real, noise):
     """The VAE/GAN's VAE half: (z, KL, L_llike) for `real`, z = mean + exp(logvar / 2) eps with eps = noise(shape).
     Call it with D frozen (L_llike trains E and G, never D). The eager step's and faststep.VAEGANStep's."""
-    mean, logvar = E(real)
-    z = mean + paddle.exp(0.5 * logvar) * noise(mean.shape)
-    return z, kl_divergence(mean, logvar).mean(), feature_error(D, G(z), real)
+    z, kl = encode(E, real, noise)
+    return z, kl, feature_error(D, G(z), real)
 
 
 def vaegan_gan_losses(G, D, T, real, z, noise, z_dim, d_reconstructions):

@@ -322,6 +322,15 @@ def backward_through(tape, g):
     return g
 
 
+def group_deviations(x, g):
+    """(each image's deviation from its group's mean, [G, M, C, H, W]; each feature's std over its group,
+    [M, C, H, W]) for groups of `g` images: image i is in group i % M, as the official code's reshape."""
+    n, c, h, w = x.shape
+    y = x.reshape([g, -1, c, h, w])
+    y = y - y.mean(axis=0, keepdim=True)
+    return y, paddle.sqrt((y * y).mean(axis=0) + 1e-8)
+
+
 def minibatch_stddev_gradient(g, x, group=4):
     """The gradient at x of sum(g * minibatch_stddev(x, group)), for backward_through.
 
@@ -330,9 +339,7 @@ def minibatch_stddev_gradient(g, x, group=4):
     """
     n, c, h, w = x.shape
     gs = min(group, n)
-    y = x.reshape([gs, -1, c, h, w])
-    y = y - y.mean(axis=0, keepdim=True)
-    std = paddle.sqrt((y * y).mean(axis=0) + 1e-8)                      # [M, C, H, W]
+    y, std = group_deviations(x, gs)
     g_s = g[:, c:].reshape([gs, -1, h * w]).sum(axis=[0, 2])            # [M]: each group's value's gradient
     through = y * (g_s.reshape([1, -1, 1, 1, 1]) / float(gs * c * h * w)) / std
     return g[:, :c] + through.reshape([n, c, h, w])
@@ -347,9 +354,7 @@ def minibatch_stddev(x, group=4):
     """
     n, c, h, w = x.shape
     g = min(group, n)
-    y = x.reshape([g, -1, c, h, w])                        # [G, M, C, H, W]: image i is in group i % M
-    y = y - y.mean(axis=0, keepdim=True)
-    std = paddle.sqrt((y * y).mean(axis=0) + 1e-8)         # [M, C, H, W]
+    _, std = group_deviations(x, g)
     s = std.mean(axis=[1, 2, 3])                           # [M]
     s = paddle.tile(s.reshape([1, -1, 1, 1, 1]), [g, 1, 1, h, w]).reshape([n, 1, h, w])
     return paddle.concat([x, s], axis=1)
@@ -392,16 +397,22 @@ def upsampled_kernel(weight):
     return w.flip([2, 3]).transpose([1, 0, 2, 3])
 
 
+def convolution_of_upsampled(x, weight, bias):
+    """The stride-1 convolution with `weight` (odd kernel k, padding k // 2) and `bias` of upsample(x), computed as
+    one transposed convolution of x (see upsampled_kernel): the same numbers to float rounding."""
+    return F.conv2d_transpose(x, upsampled_kernel(weight), bias, stride=2, padding=weight.shape[-1] // 2)
+
+
 def up_conv_transposed(conv, x):
-    """up_conv(conv, x) as one transposed convolution of x: the same numbers to float rounding. Exported generators
-    use it (generator.inference_form); tests/test_faststep.py checks it against up_conv, forward and backward."""
-    return F.conv2d_transpose(x, upsampled_kernel(conv.weight * conv.scale), conv.bias, stride=2, padding=conv.padding)
+    """up_conv(conv, x) for PG-GAN's EqualizedConv2D, as one transposed convolution. Exported generators use it
+    (generator.inference_form); tests/test_faststep.py checks it against up_conv, forward and backward."""
+    return convolution_of_upsampled(x, conv.weight * conv.scale, conv.bias)
 
 
 def conv_of_upsampled(conv, x):
-    """nn.Conv2D `conv` (stride 1, odd kernel, padding k // 2) applied to upsample(x), as one transposed convolution
-    (see upsampled_kernel). For upsample_conv_pairs."""
-    return F.conv2d_transpose(x, upsampled_kernel(conv.weight), conv.bias, stride=2, padding=conv._kernel_size[0] // 2)
+    """nn.Conv2D `conv` (stride 1, odd kernel, padding k // 2) applied to upsample(x), as one transposed convolution.
+    For upsample_conv_pairs."""
+    return convolution_of_upsampled(x, conv.weight, conv.bias)
 
 
 def upsample_conv_pairs(net):
