@@ -4,10 +4,12 @@ Paddle's eager mode runs every convolution through im2col + MKL GEMM one sample 
 and never uses oneDNN, which is what makes a CPU DCGAN step slow. This module builds the
 same iteration as methods.bce_iteration (D update on a real and a fake batch, then the G
 updates, the first reusing the D update's fakes) as a legacy static program, and marks its
-conv2d ops and their gradients to run on oneDNN (oneDNN has no transposed-conv gradient, and
-its batch_norm_grad fails in these programs). G's first layer, a transposed convolution of a
-1x1 input, runs as the one matrix product it is (Paddle's kernel does a matrix-vector product
-per sample), with the same parameter. Measured alternatives are in benchmarks/README.md.
+conv2d ops and their gradients to run on oneDNN (its batch_norm_grad fails in these programs).
+G's transposed convolutions, which oneDNN runs only for inference, become the conv2d ops they
+are the adjoints of (transposed_convs_as_convs), so they run on oneDNN too, forward and backward.
+G's first layer, a transposed convolution of a 1x1 input, runs as the one matrix product it is
+(Paddle's kernel does a matrix-vector product per sample), with the same parameter. Measured
+alternatives are in benchmarks/README.md.
 
 The balancing tricks (balance.Tricks) run inside the program too: the skip rules decide from each D
 step's errors before its update, and a skipped update restores what it changed (`keeping`); the
@@ -44,7 +46,8 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle.base.framework import Variable
+from paddle.base.backward import _create_op_desc_
+from paddle.base.framework import Operator, Variable
 from paddle.base.layer_helper import LayerHelper
 from paddle.static.nn.control_flow import select_input
 
@@ -53,7 +56,8 @@ import network
 from balance import Tricks, lecam_term, make_optimizer, rmsprop_lr
 
 
-ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad and conv2d_transpose fail in these programs
+ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad fails in these programs; for conv2d_transpose,
+# which has no oneDNN gradient, see transposed_convs_as_convs
 
 
 # ----------------------------------------------------------------------------- rewrites
@@ -116,6 +120,76 @@ def _dropout_forward(self, x, feed):
     if not self.training or self.p == 0:
         return x
     return x * feed("mask", mask_shape(self, x), self.p)
+
+
+# ----------------------------------------------------------------------------- transposed convolutions
+
+CONV_ATTRS = ("strides", "paddings", "padding_algorithm", "dilations", "groups", "data_format", "op_role",
+              "op_device")
+
+
+def transposed_convs_as_convs(program, startup):
+    """Rewrite each conv2d_transpose of `program`, and its gradient, as the conv2d ops it is the adjoint of.
+
+    Paddle's CPU conv2d_transpose runs on its own im2col kernel (oneDNN's runs only for inference and has no
+    gradient). By definition, conv2d_transpose(x, W) is conv2d(., W)'s input gradient for the output gradient x,
+    with the same filter, strides and paddings; so its gradients are conv2d(gy, W) for x, and conv2d's filter
+    gradient at input gy and output gradient x for W. All three run as conv2d and conv2d_grad ops, on oneDNN.
+    conv2d_grad needs an input of the convolution's input shape for its size only (the input gradient does not
+    read its values): a zero tensor per shape, filled once by `startup`. Those transposed convolutions whose
+    conv2d would not give back their input's shape (output_padding, SAME/VALID padding) stay as they are.
+    Tested against the original ops, forward and backward (tests/test_faststep.py).
+    """
+    block, zeros = program.global_block(), {}
+    for i in reversed(range(len(block.ops))):
+        op = block.ops[i]
+        if op.type not in ("conv2d_transpose", "conv2d_transpose_grad") or not _adjoint_conv_fits(block, op):
+            continue
+        attrs = {k: op.desc.attr(k) for k in CONV_ATTRS if op.desc.has_attr(k)}
+        x, weight = op.input("Input"), op.input("Filter")
+        if op.type == "conv2d_transpose":
+            y = block.var(op.output("Output")[0])
+            shape = tuple(y.shape)
+            if shape not in zeros:
+                zeros[shape] = _zeros(block, startup, shape, y.dtype)
+            ops = [("conv2d_grad", {"Input": [zeros[shape]], "Filter": weight, "Output@GRAD": x},
+                    {"Input@GRAD": op.output("Output")})]
+        else:
+            grad_y, grad_x, grad_w = op.input("Output@GRAD"), op.output("Input@GRAD"), op.output("Filter@GRAD")
+            ops = ([("conv2d", {"Input": grad_y, "Filter": weight}, {"Output": grad_x})] if grad_x else []) + \
+                  ([("conv2d_grad", {"Input": grad_y, "Filter": weight, "Output@GRAD": x}, {"Filter@GRAD": grad_w})]
+                   if grad_w else [])
+        block._remove_op(i)
+        for k, (op_type, inputs, outputs) in enumerate(ops):
+            desc = block.desc._insert_op(i + k)
+            desc.copy_from(_create_op_desc_(op_type, inputs, outputs, dict(attrs)))
+            block.ops.insert(i + k, Operator(block, desc))
+
+
+def _adjoint_conv_fits(block, op):
+    """Whether conv2d with `op`'s filter and attributes maps the transposed convolution's output shape back to
+    its input's: NCHW, explicit padding, no output_padding, known sizes."""
+    x = block.var(op.input("Input")[0]).shape
+    y = block.var((op.output("Output") if op.type == "conv2d_transpose" else op.input("Output@GRAD"))[0]).shape
+    k = block.var(op.input("Filter")[0]).shape[2:]
+    if (op.attr("data_format") not in ("NCHW", "AnyLayout") or op.attr("padding_algorithm") != "EXPLICIT"
+            or any(op.attr("output_padding") or []) or op.attr("output_size") or -1 in (*x, *y)):
+        return False
+    pads = list(op.attr("paddings"))
+    pads = [pads[0], pads[0], pads[1], pads[1]] if len(pads) == 2 else pads
+    sizes = [(y[2 + a] + pads[2 * a] + pads[2 * a + 1] - op.attr("dilations")[a] * (k[a] - 1) - 1)
+             // op.attr("strides")[a] + 1 for a in (0, 1)]
+    return sizes == list(x[2:])
+
+
+def _zeros(block, startup, shape, dtype):
+    """A persistable zero tensor of `shape`, which `startup` fills."""
+    name = "transposed_conv_zeros_" + "x".join(map(str, shape))
+    block.create_var(name=name, shape=shape, dtype=dtype, persistable=True)
+    out = startup.global_block().create_var(name=name, shape=shape, dtype=dtype, persistable=True)
+    startup.global_block().append_op(type="fill_constant", outputs={"Out": [out]},
+                                     attrs={"shape": list(shape), "dtype": out.dtype, "value": 0.0})
+    return name
 
 
 def _bce(logits, target):
@@ -202,6 +276,7 @@ class StaticStep:
             self.program, startup = paddle.static.Program(), paddle.static.Program()
             with paddle.static.program_guard(self.program, startup), paddle.utils.unique_name.guard(), legacy_api():
                 build()
+            transposed_convs_as_convs(self.program, startup)
             for op in self.program.global_block().ops:
                 if op.type in self.onednn:
                     op._set_attr("use_mkldnn", True)

@@ -398,6 +398,59 @@ def test_upsampling_then_convolution_as_one_transposed_convolution_equals_both(m
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
 
 
+def transposed_conv_program(x_shape, weight_shape, rewrite, **options):
+    """A static program of one F.conv2d_transpose and the gradients of sum(y * r) for x and the weight; with
+    `rewrite`, after faststep.transposed_convs_as_convs. Returns (program, startup, y, [y, grad x, grad weight])."""
+    with paddle.pir_utils.OldIrGuard():
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard(), faststep.legacy_api():
+            x = paddle.static.data("x", x_shape, "float32")
+            x.stop_gradient = False
+            weight = paddle.create_parameter(weight_shape, "float32")
+            y = paddle.nn.functional.conv2d_transpose(x, weight, **options)
+            r = paddle.static.data("r", y.shape, "float32")
+            fetch = [y, *paddle.static.gradients((y * r).sum(), [x, weight])]
+        if rewrite:
+            faststep.transposed_convs_as_convs(main, startup)
+        for op in main.global_block().ops:
+            if op.type in faststep.ONEDNN_OPS:
+                op._set_attr("use_mkldnn", True)
+    return main, startup, fetch
+
+
+@pytest.mark.parametrize("x_shape, weight_shape, options", [
+    ([3, 6, 4, 5], [6, 4, 4, 4], dict(stride=2, padding=1)),                 # DCGAN's G
+    ([3, 6, 4, 5], [6, 4, 6, 6], dict(stride=2, padding=2)),                 # the Torch blog's fused upsampling conv
+    ([3, 6, 4, 5], [6, 4, 3, 3], dict(stride=1, padding=1)),
+    ([3, 6, 4, 5], [6, 2, 3, 3], dict(stride=2, padding=[1, 0], groups=3)),
+    ([3, 6, 4, 5], [6, 4, 3, 3], dict(stride=2, padding=[0, 1, 1, 0], dilation=2)),
+    ([3, 6, 4, 5], [6, 4, 3, 3], dict(stride=2, padding=1, output_padding=1)),   # no conv2d gives its shape back
+])
+def test_transposed_convolutions_as_convolutions_equal_them(x_shape, weight_shape, options):
+    """faststep.transposed_convs_as_convs: conv2d_transpose and its gradient as conv2d and conv2d_grad ops on
+    oneDNN give the output and the gradients of the input and the weight."""
+    rng = np.random.default_rng(0)
+    results, types, weight_value, feed = [], [], rng.standard_normal(weight_shape).astype(np.float32), {}
+    for rewrite in (False, True):
+        main, startup, fetch = transposed_conv_program(x_shape, weight_shape, rewrite, **options)
+        types.append({op.type for op in main.global_block().ops})
+        feed = feed or {"x": rng.standard_normal(x_shape).astype(np.float32),
+                        "r": rng.standard_normal(fetch[0].shape).astype(np.float32)}
+        scope = paddle.static.Scope()
+        with paddle.pir_utils.OldIrGuard(), paddle.static.scope_guard(scope):
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            exe.run(startup)
+            weight = main.global_block().all_parameters()[0]
+            scope.find_var(weight.name).get_tensor().set(weight_value, paddle.CPUPlace())
+            results.append(exe.run(main, feed=feed, fetch_list=fetch))
+    transposed = {"conv2d_transpose", "conv2d_transpose_grad"}
+    assert transposed <= types[0]
+    assert types[1] & transposed == (transposed if "output_padding" in options else set())
+    for ours, reference in zip(results[1], results[0]):
+        assert ours.shape == reference.shape
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
+
+
 def test_the_pairs_fused_in_exports_are_the_upsampling_convolutions():
     torchblog = network.build_net("torchblog", "G", dict(size=32, z_dim=100, width=8))
     pairs = network.upsample_conv_pairs(torchblog)
