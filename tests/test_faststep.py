@@ -126,14 +126,17 @@ def test_static_step_equals_the_dygraph_step_with_label_tricks(arch, labels):
 def assert_adam_states_close(have, want, lr, atol=1e-6):
     """Every number of two states after one Adam update equal to float tolerance, except that up to 1 in 1,000
     elements of a large weight may differ by up to 2.1 lr: Adam's first update moves each weight by about
-    lr * sign(gradient), and where a gradient is float noise its sign depends on the order of the sums."""
+    lr * sign(gradient), and where a gradient is float noise its sign depends on the order of the sums.
+    Float tolerance is relative to each tensor's scale too: an element near 0 of a BatchNorm mean is a sum of
+    large terms, whose rounding follows the convolution kernel's order (oneDNN's differs by CPU)."""
     assert set(want) <= set(have)
     for k in want:
-        close = np.isclose(have[k], want[k], rtol=1e-4, atol=atol)
+        atol_k = max(atol, 1e-4 * float(np.abs(want[k]).max(initial=0.0)))
+        close = np.isclose(have[k], want[k], rtol=1e-4, atol=atol_k)
         if k.split(".")[-1] == "weight" and close.size > 1000:
             assert close.mean() >= 0.999 and np.abs(have[k] - want[k]).max() <= 2.1 * lr, k
         else:
-            np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=atol, err_msg=k)
+            np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=atol_k, err_msg=k)
 
 
 @pytest.mark.parametrize("arch, size, batch", [("mlp", 16, 1), ("mlp", 16, 8), ("conv128", 128, 2)])
