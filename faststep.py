@@ -39,6 +39,7 @@ Example:
 """
 import contextlib
 import functools
+import os
 import types
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
@@ -54,6 +55,21 @@ from paddle.static.nn.control_flow import select_input
 import checkpoint
 import network
 from balance import Tricks, lecam_term, make_optimizer, rmsprop_lr
+
+
+# Free the program's intermediate tensors in batches of this many GiB, not one by one (Paddle's default, 0). On the
+# CPU the executor hands each free to its garbage-collector thread, waking it once per op (about 1,300 times in a
+# PG-GAN iteration); with OpenMP's worker spinning on the other core of a 2-core machine that thread takes the main
+# thread's core, and the step ran at one of two speeds by where the scheduler put it (benchmarks/README.md).
+# Batches of 0.25 GiB keep at most that much more memory and wake the collector a few times per iteration.
+FREE_IN_BATCHES_GB = 0.25
+
+
+def executor_memory_flags(environ):
+    """The garbage-collection flag the static steps set: FREE_IN_BATCHES_GB unless the user set it."""
+    if "FLAGS_eager_delete_tensor_gb" in environ:
+        return {}
+    return {"FLAGS_eager_delete_tensor_gb": FREE_IN_BATCHES_GB}
 
 
 ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad fails in these programs; for conv2d_transpose,
@@ -261,7 +277,8 @@ class StaticStep:
         # order: Adam updates parameters in place, and without this the executor's own schedule let
         # a later forward read D's weights before their update from the second run on. Set here,
         # not at import: importing this module changes nothing.
-        paddle.set_flags({"FLAGS_new_executor_serial_run": True, "FLAGS_new_executor_sequential_run": True})
+        paddle.set_flags({"FLAGS_new_executor_serial_run": True, "FLAGS_new_executor_sequential_run": True,
+                          **executor_memory_flags(os.environ)})
         self.batch, self.size = batch, size
         self.augment = augment if augment is not None and augment.active else None
         self.scope = paddle.static.Scope()

@@ -109,3 +109,22 @@ def test_profile_step_lists_the_static_programs_ops(tmp_path):
     assert "expand" not in result.stdout and "conv2d_transpose" not in result.stdout
     bad = run_script("benchmarks/profile_step.py", "--warmup", 0, cwd=tmp_path)
     assert bad.returncode == 2 and "--warmup must be at least 1" in bad.stderr
+
+
+def test_frees_benchmark_times_both_ways_of_freeing(tmp_path):
+    """benchmarks/frees.py: the same step with one free per op and with batched frees; the first wakes the
+    collector thread at every op, which shows as the main thread's involuntary context switches."""
+    result = run_script("benchmarks/frees.py", "--arch", "mlp", "--steps", 2, "--repeats", 1, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip())
+    assert line["arch"] == "mlp" and line["free_in_batches_gb"] > 0
+    for way in ("one_by_one", "batched"):
+        assert len(line["timings"][way]) == 1 and line["medians"][way]["img_per_s"] > 0
+        assert 0 < line["medians"][way]["main_thread_cpu"] <= 1.5
+    assert line["ratio_batched_to_one_by_one"] > 0
+
+
+def test_frees_benchmark_refuses_zero_steps(tmp_path):
+    result = run_script("benchmarks/frees.py", "--steps", 0, cwd=tmp_path)
+    assert result.returncode == 2 and "--steps and --repeats must be at least 1" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -497,6 +497,20 @@ def test_a_batch_of_another_size_is_refused():
         step(paddle.uniform([3, 3, 16, 16], min=-1, max=1))
 
 
+def test_static_steps_free_memory_in_batches_unless_the_user_chose(monkeypatch):
+    """One free per op woke Paddle's collector thread once per op (the PG-GAN speed levels): the static step
+    sets a batch size for frees, and leaves a user's own FLAGS_eager_delete_tensor_gb alone."""
+    assert faststep.executor_memory_flags({}) == {"FLAGS_eager_delete_tensor_gb": faststep.FREE_IN_BATCHES_GB}
+    assert faststep.executor_memory_flags({"FLAGS_eager_delete_tensor_gb": "0"}) == {}
+    assert 0 < faststep.FREE_IN_BATCHES_GB <= 1   # bounded: at most this many GiB held back
+    monkeypatch.delenv("FLAGS_eager_delete_tensor_gb", raising=False)
+    paddle.set_flags({"FLAGS_eager_delete_tensor_gb": 0.0})
+    G, D, opt_G, opt_D = setup()
+    faststep.FastStep("dcgan", G.args, 4, 2e-4, 0.5, 0.999)
+    assert paddle.get_flags("FLAGS_eager_delete_tensor_gb")["FLAGS_eager_delete_tensor_gb"] == \
+        pytest.approx(faststep.FREE_IN_BATCHES_GB)
+
+
 @pytest.mark.parametrize("name, device, arch, expected", [
     ("auto", "cpu", "dcgan", "static"),
     ("auto", "gpu", "dcgan", "dygraph"),
