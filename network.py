@@ -268,8 +268,13 @@ class EqualizedLinear(nn.Layer):
 
 
 def pixel_norm(x, eps=1e-8):
-    """Each pixel's feature vector scaled to unit root-mean-square over the channels (axis 1)."""
-    return x * paddle.rsqrt((x * x).mean(axis=1, keepdim=True) + eps)
+    """Each pixel's feature vector scaled to unit root-mean-square over the channels (axis 1).
+
+    The scale is expanded to x's shape before the product: Paddle 3.3's CPU multiply broadcasts a
+    [N, 1, H, W] operand about 50x slower than it multiplies equal shapes (2.9 ms against 0.05 ms at
+    [16, 16, 32, 32]), and the expand costs 0.08 ms. The same numbers, forward and backward, bit for bit.
+    """
+    return x * paddle.rsqrt((x * x).mean(axis=1, keepdim=True) + eps).expand(x.shape)
 
 
 def nearest_doubling(layer):
