@@ -27,6 +27,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -312,8 +313,8 @@ def backward_through(tape, g):
                 g = F.conv2d(g, (f.weight * f.scale).flip([2, 3]).transpose([1, 0, 2, 3]), padding=f.padding)
         elif kind == "lrelu":   # autograd's own: Paddle's second derivative takes slope 0.2 at exactly 0, its first 1
             g = vjp(step[2], step[1], g)
-        elif kind == "pool":
-            g = nearest_up2(g) * 0.25
+        elif kind == "pool":   # 2x2 average pooling's adjoint: each gradient spread over its block, a quarter each
+            g = upsample(g) * 0.25
         elif kind == "reshape":
             g = g.reshape(list(step[1]))
         elif kind == "stddev":
@@ -457,6 +458,32 @@ def identity(x):
 def downsample(x):
     """2x2 average pooling."""
     return F.avg_pool2d(x, 2)
+
+
+def resampling_matrix(n, up):
+    """[2n, n] with ones where row i takes column i // 2 (nearest doubling), or its transpose times 1/2, [n, 2n]
+    (the mean of each pair of rows); a constant: no gradient flows into it."""
+    m = np.kron(np.eye(n, dtype=np.float32), np.ones((2, 1), np.float32))
+    m = paddle.assign(m if up else m.T * 0.5)
+    m.stop_gradient = True
+    return m
+
+
+def upsample_by_products(x):
+    """upsample(x) as two matrix products, R @ x @ R^T with R = resampling_matrix(up=True): exactly the same
+    numbers (each output is one input times 1, plus zeros); its gradient sums each 2x2 block in another order.
+    Paddle 3.3's CPU nearest_interp and its gradient run at about a sixth of this speed (16 -> 32 px, 16 channels,
+    batch 16: 3.0 against 0.5 ms forward + backward). PG-GAN's static step uses it (faststep.product_resampling)."""
+    h, w = x.shape[-2:]
+    return paddle.matmul(paddle.matmul(resampling_matrix(h, True), x), resampling_matrix(w, True), transpose_y=True)
+
+
+def downsample_by_products(x):
+    """downsample(x) as two matrix products with halves, P @ x @ P^T: the same numbers to float rounding, about
+    3x faster than Paddle 3.3's CPU avg_pool2d forward + backward. PG-GAN's static step uses it."""
+    h, w = x.shape[-2:]
+    return paddle.matmul(paddle.matmul(resampling_matrix(h // 2, False), x), resampling_matrix(w // 2, False),
+                         transpose_y=True)
 
 
 def fading(alpha):

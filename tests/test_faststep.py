@@ -350,6 +350,39 @@ def test_nearest_upsampling_as_a_broadcast_equals_interpolate():
     np.testing.assert_allclose(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-6)  # 4 terms summed in another order
 
 
+@pytest.mark.parametrize("shape", [[3, 5, 4, 6], [2, 1, 8, 8], [16, 16, 2, 2]])
+def test_resampling_by_products_equals_interpolate_and_pooling(shape):
+    """PG-GAN's static step upsamples and pools by matrix products: upsampling gives exactly interpolate's numbers,
+    pooling avg_pool2d's to float rounding; both gradients to float rounding (sums in another order)."""
+    pairs = [(network.upsample, network.upsample_by_products, True),
+             (network.downsample, network.downsample_by_products, False)]
+    for plain, products, exact in pairs:
+        x = paddle.randn(shape)
+        x.stop_gradient = False
+        out_shape = plain(x).shape
+        weights = paddle.randn(out_shape)   # a gradient that differs per output pixel
+        results = []
+        for f in (plain, products):
+            y = f(x)
+            (y * weights).sum().backward()
+            results.append((y.numpy(), x.grad.numpy().copy()))
+            x.clear_gradient()
+        assert results[1][0].shape == results[0][0].shape == tuple(out_shape)
+        if exact:
+            np.testing.assert_array_equal(results[1][0], results[0][0])
+        np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-6, atol=1e-6)
+
+
+def test_product_resampling_is_undone_after_building():
+    with faststep.product_resampling():
+        assert network.upsample is network.upsample_by_products
+        assert network.downsample is network.downsample_by_products
+    assert network.upsample(paddle.ones([1, 1, 2, 2])).shape == [1, 1, 4, 4]
+    assert network.upsample is not network.upsample_by_products
+    assert network.downsample is not network.downsample_by_products
+
+
 @pytest.mark.parametrize("make, conv2d", [
     (lambda: network.EqualizedConv2D(5, 4),
      lambda layer, t: paddle.nn.functional.conv2d(t, layer.weight * layer.scale, layer.bias, padding=1)),
