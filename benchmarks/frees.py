@@ -7,9 +7,9 @@ by where the scheduler puts it. faststep frees in batches of faststep.FREE_IN_BA
 
 This script builds train.py's step twice in one process, each with its own flag (FLAGS_eager_delete_tensor_gb),
 set again before each timing (in Paddle 3.3 a program's frees follow both the flag its executor was built with
-and its current value), and times them alternately, so that both see the same machine: per timing, img/s, the main thread's
-share of a core, its involuntary context switches, and a canary (a fixed one-thread numpy workload timed just
-after), which shows when the machine itself slows down. Prints one JSON line: medians, the median of the
+and its current value), and times them alternately, so that both see the same machine. Per timing: img/s, the
+main thread's share of a core, its involuntary context switches, and a canary (a fixed one-thread numpy
+workload timed just after), which shows when the machine itself slows down. Prints one JSON line: medians, the median of the
 paired ratios batched / one by one, and every timing.
 
 Examples:
