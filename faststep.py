@@ -63,13 +63,12 @@ from balance import Tricks, lecam_term, make_optimizer, rmsprop_lr
 # thread's core, and the step ran at one of two speeds by where the scheduler put it (benchmarks/README.md).
 # Batches of 0.25 GiB keep at most that much more memory and wake the collector a few times per iteration.
 FREE_IN_BATCHES_GB = 0.25
+FREES_FLAG = "FLAGS_eager_delete_tensor_gb"
 
 
 def executor_memory_flags(environ):
     """The garbage-collection flag the static steps set: FREE_IN_BATCHES_GB unless the user set it."""
-    if "FLAGS_eager_delete_tensor_gb" in environ:
-        return {}
-    return {"FLAGS_eager_delete_tensor_gb": FREE_IN_BATCHES_GB}
+    return {} if FREES_FLAG in environ else {FREES_FLAG: FREE_IN_BATCHES_GB}
 
 
 ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad fails in these programs; for conv2d_transpose,

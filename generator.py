@@ -231,11 +231,7 @@ def export(G, prefix):
 
 def has_bf16():
     """True where the CPU computes bfloat16 natively (avx512_bf16 or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
+    flags = runtime.cpu_info()[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -24,16 +24,28 @@ import sys
 import warnings
 
 
-def cpu_vendor():
-    """The CPU vendor string ('AuthenticAMD', 'GenuineIntel', ...) on Linux, else ''."""
+def cpu_info(path="/proc/cpuinfo"):
+    """(vendor string such as 'AuthenticAMD', set of instruction-set flags) of the first CPU in `path` (Linux);
+    ('', set()) where there is no such file."""
+    vendor, flags = "", set()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    vendor = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                if vendor and flags:
+                    break
     except OSError:
         pass
-    return ""
+    return vendor, flags
+
+
+def cpu_vendor():
+    """The CPU vendor string ('AuthenticAMD', 'GenuineIntel', ...) on Linux, else ''."""
+    return cpu_info()[0]
 
 
 def thread_settings(environ, cpus, vendor):

@@ -9,8 +9,8 @@ This script builds train.py's step twice in one process, each with its own flag 
 set again before each timing (in Paddle 3.3 a program's frees follow both the flag its executor was built with
 and its current value), and times them alternately, so that both see the same machine. Per timing: img/s, the
 main thread's share of a core, its involuntary context switches, and a canary (a fixed one-thread numpy
-workload timed just after), which shows when the machine itself slows down. Prints one JSON line: medians, the median of the
-paired ratios batched / one by one, and every timing.
+workload timed just after), which shows when the machine itself slows down. Prints one JSON line: medians,
+the median of the paired ratios batched / one by one, and every timing.
 
 Examples:
     python benchmarks/frees.py                          # pggan 32x32, batch 16, 12 alternations of 5 steps
@@ -26,7 +26,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 
 import runtime  # noqa: E402  (before Paddle: thread and MKL settings)
 import numpy as np  # noqa: E402
@@ -34,9 +33,6 @@ import paddle  # noqa: E402
 
 import faststep  # noqa: E402
 import train_step  # noqa: E402
-
-FLAG = "FLAGS_eager_delete_tensor_gb"
-
 
 def main_thread():
     """(CPU seconds, involuntary context switches) of this process's main thread, from /proc (Linux)."""
@@ -48,8 +44,9 @@ def main_thread():
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), int(status["nonvoluntary_ctxt_switches"])
 
 
-def canary(a=np.linspace(0, 1, 200_000, dtype=np.float32)):
+def canary():
     """Seconds of a fixed one-thread numpy workload."""
+    a = np.linspace(0, 1, 200_000, dtype=np.float32)
     t = time.perf_counter()
     for _ in range(200):
         (a * 1.0001 + 0.5).sum()
@@ -59,8 +56,8 @@ def canary(a=np.linspace(0, 1, 200_000, dtype=np.float32)):
 def build(arch, gb):
     """(train_step's step of `arch` on the static program, built and first run with frees in batches of `gb` GiB,
     its batch size)."""
-    os.environ[FLAG] = str(gb)   # faststep leaves a user's setting alone: this script sets the flag itself
-    paddle.set_flags({FLAG: gb})
+    os.environ[faststep.FREES_FLAG] = str(gb)   # faststep leaves a user's setting alone: this script sets it
+    paddle.set_flags({faststep.FREES_FLAG: gb})
     step, cfg, path, _ = train_step.prepare(train_step.StepBenchConfig(arch=arch, device="cpu"))
     if path != "static":
         raise ValueError(f"{arch} trains on the {path} step here; this compares the static step's frees")
@@ -87,7 +84,7 @@ def main(argv=None):
     timings = {name: [] for name in ways}
     for _ in range(args.repeats):
         for name, (step, _) in steps.items():
-            paddle.set_flags({FLAG: ways[name]})
+            paddle.set_flags({faststep.FREES_FLAG: ways[name]})
             cpu, switches = main_thread()
             t = time.perf_counter()
             for _ in range(args.steps):

@@ -28,6 +28,7 @@ is added once, from code whose runs are bit-identical with the first machine's r
 """
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -65,19 +66,8 @@ ISAS = ("amx_tile", "avx512_bf16", "avx512f", "avx2", "sse4_2")   # the kernels 
 def machine(cpuinfo="/proc/cpuinfo"):
     """The kind of CPU whose kernels a run's bits depend on: its vendor and best instruction set,
     e.g. 'AuthenticAMD avx2'."""
-    vendor, flags = "", set()
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "vendor_id":
-                    vendor = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                if vendor and flags:
-                    break
-    except OSError:
-        pass
+    import runtime
+    vendor, flags = runtime.cpu_info(cpuinfo)
     return f"{vendor or 'unknown'} {next((isa for isa in ISAS if isa in flags), 'baseline')}"
 
 
@@ -89,7 +79,8 @@ SUM_TOLERANCE = {"dcgan-margin": 1e-2}
 def assert_close(got, want, rel=1e-4, sum_rel=1e-4):
     """A run's summary equal to another machine's recording to float tolerance: the same positions, method
     state keys, log fields and whole numbers (skips, counts), every logged float within `rel` of the
-    recording's and every tensor's sum within `sum_rel` (both with that absolute floor)."""
+    recording's and every tensor's sum within `sum_rel` (both with that absolute floor: logged numbers have
+    5 decimals, and sums may be near 0)."""
     assert got["position"] == want["position"]
     assert set(got["method"]) == set(want["method"])
     assert len(got["log"]) == len(want["log"])
@@ -97,20 +88,23 @@ def assert_close(got, want, rel=1e-4, sum_rel=1e-4):
         assert set(a) == set(b), i
         for k in b:
             if isinstance(b[k], float):
-                assert a[k] == pytest_approx(b[k], rel), (i, k)
+                assert math.isclose(a[k], b[k], rel_tol=rel, abs_tol=rel), (i, k, a[k], b[k])
             else:
                 assert a[k] == b[k], (i, k)
     assert set(got["tensors"]) == set(want["tensors"])
     for part, tensors in want["tensors"].items():
         assert set(got["tensors"][part]) == set(tensors), part
         for key, (_, total) in tensors.items():
-            assert got["tensors"][part][key][1] == pytest_approx(total, sum_rel), (part, key)
+            have = got["tensors"][part][key][1]
+            assert math.isclose(have, total, rel_tol=sum_rel, abs_tol=sum_rel), (part, key, have, total)
 
 
-def pytest_approx(value, rel):
-    """pytest.approx with an absolute floor of `rel` (logged numbers have 5 decimals; sums near 0)."""
-    import pytest
-    return pytest.approx(value, rel=rel, abs=rel)
+def assert_close_to_recording(result, recording, name):
+    """Both runs ("whole", "resumed") of scenario `name` against another machine's recording of it (assert_close,
+    with the scenario's tolerance for sums), the fields added since the recording left out."""
+    for run in ("whole", "resumed"):
+        got, _ = recorded_part(result[run], recording[run])
+        assert_close(got, recording[run], sum_rel=SUM_TOLERANCE.get(name, 1e-4))
 
 
 def digest(state):
@@ -194,18 +188,19 @@ def main(argv):
         return
     for kind, expected in recordings.items():
         for name in SCENARIOS:
-            for run in ("whole", "resumed"):
-                got, added = recorded_part(result[name][run], expected[name][run])
-                if kind == here:
+            if kind == here:
+                for run in ("whole", "resumed"):
+                    got, added = recorded_part(result[name][run], expected[name][run])
                     verdict = "bit-identical" if got == expected[name][run] else "DIFFERS"
-                else:
-                    try:
-                        assert_close(got, expected[name][run], sum_rel=SUM_TOLERANCE.get(name, 1e-4))
-                        verdict = "equal to float tolerance"
-                    except AssertionError as e:
-                        verdict = f"DIFFERS ({e})"
-                print(f"[{kind}] {name:18} {run:8} {verdict}"
-                      + (f" (fields added since the recording: {', '.join(sorted(added))})" if added else ""))
+                    print(f"[{kind}] {name:18} {run:8} {verdict}"
+                          + (f" (fields added since the recording: {', '.join(sorted(added))})" if added else ""))
+                continue
+            try:
+                assert_close_to_recording(result[name], expected[name], name)
+                verdict = "equal to float tolerance"
+            except AssertionError as e:
+                verdict = f"DIFFERS ({e})"
+            print(f"[{kind}] {name:18} both runs {verdict}")
     if here not in recordings:
         print(f"no recording for this machine ({here}): compared to float tolerance only")
 

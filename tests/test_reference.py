@@ -55,9 +55,7 @@ def test_reference_run_matches_every_machines_recording(name, recordings, lfw8, 
     here = reference.machine()
     for kind, expected in recordings.items():
         if kind != here:
-            for run in ("whole", "resumed"):
-                got, _ = reference.recorded_part(result[run], expected[name][run])
-                reference.assert_close(got, expected[name][run], sum_rel=reference.SUM_TOLERANCE.get(name, 1e-4))
+            reference.assert_close_to_recording(result, expected[name], name)
     if here in recordings:
         assert_bit_identical(result, recordings[here][name])
     # the run resumed mid-epoch from the iteration-10 snapshot ends where the whole run does, on any machine
