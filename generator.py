@@ -238,7 +238,9 @@ def has_bf16():
 class InferenceGenerator:
     """G exported and run by Paddle Inference with oneDNN; call it with float32 noise for uint8 faces."""
 
-    def __init__(self, model_file, params_file, bf16=False):
+    def __init__(self, model_file, params_file, bf16=False, profile=False):
+        """profile: Paddle Inference's per-op times, printed to stdout when the predictor is deleted
+        (benchmarks/profile_step.py --mode generate)."""
         import paddle.inference as inference
 
         config = inference.Config(model_file, params_file)
@@ -252,6 +254,8 @@ class InferenceGenerator:
         config.delete_pass("conv_activation_onednn_fuse_pass")
         if bf16:
             config.enable_mkldnn_bfloat16()
+        if profile:
+            config.enable_profile()
         self.bf16 = bf16
         self.predictor = inference.create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
@@ -279,7 +283,7 @@ def silent_stdout():
         os.close(saved)
 
 
-def fast_generator(G, checkpoint):
+def fast_generator(G, checkpoint, profile=False):
     """An InferenceGenerator for G, exporting it beside `checkpoint` unless that export is current.
 
     bf16 is used where the CPU has it and faces from a fixed noise batch then stay within one
@@ -303,7 +307,7 @@ def fast_generator(G, checkpoint):
         bf16_ok = has_bf16() and np.abs(InferenceGenerator(*files(model), bf16=True)(z) - expected).max() <= 1
         stamp = {"source": source, "model": model, "bf16": bool(bf16_ok)}
         write_json(stamp_path, stamp)  # last: it marks the export complete
-    return InferenceGenerator(*files(stamp["model"]), bf16=stamp["bf16"])
+    return InferenceGenerator(*files(stamp["model"]), bf16=stamp["bf16"], profile=profile)
 
 
 def main(argv=None):

@@ -13,6 +13,8 @@ Examples:
     python benchmarks/versus_torch.py --mode generate --arch torchblog
 """
 import argparse
+import contextlib
+import gc
 import json
 import os
 import statistics
@@ -47,27 +49,42 @@ class GenBenchConfig:
     engine: str = "inference"  # inference: generator.py's CPU path; dygraph: Paddle's eager mode
 
 
-def measure(cfg):
-    """Median img/s of generator.py's path (export + Paddle Inference, or eager) on fresh noise."""
-    device = runtime.select_device(cfg.device)
-    if cfg.engine == "inference" and not network.architecture(cfg.arch).inference:
-        raise runtime.ConfigError(f"--engine inference does not run --arch {cfg.arch} (see network.ARCHITECTURES); "
-                                  "use --engine dygraph")
+def build(cfg):
+    """(G in inference mode, its arguments) at the benchmark's sizes; PG-GAN at its final resolution, stabilised."""
     run, sizes = train_step.run_config(train_step.StepBenchConfig(arch=cfg.arch, size=cfg.size, width=cfg.width))
     args = {name: sizes.size if name == "size" else getattr(run, name)
             for name in network.architecture(cfg.arch).args}
     paddle.seed(0)
-    G = network.build_net(cfg.arch, "G", args)   # PG-GAN: built at its final resolution, stabilised
+    G = network.build_net(cfg.arch, "G", args)
     G.eval()
-    z = np.random.default_rng(0).standard_normal((cfg.batch, args["z_dim"])).astype(np.float32)
+    return G, args
+
+
+@contextlib.contextmanager
+def generator_path(cfg, G, profile=False):
+    """(forward, path name): generator.py's forward for G, z -> uint8 faces (exported into a temporary folder
+    and run by Paddle Inference, or eager). profile: Paddle Inference's per-op report when the block ends."""
+    if cfg.engine == "inference" and not network.architecture(cfg.arch).inference:
+        raise runtime.ConfigError(f"--engine inference does not run --arch {cfg.arch} (see network.ARCHITECTURES); "
+                                  "use --engine dygraph")
     with tempfile.TemporaryDirectory() as tmp:
-        forward, path = (lambda v: network.sample(G, v)), "dygraph"
-        if cfg.engine == "inference":
-            checkpoint = os.path.join(tmp, "checkpoint.pdparams")
-            save_checkpoint(checkpoint, {"format": FORMAT, "arch": cfg.arch, "arch_args": G.args,
-                                         "G": G.state_dict()})
-            forward = generator.fast_generator(G, checkpoint)
-            path = "inference-onednn-" + ("bf16" if forward.bf16 else "fp32")
+        if cfg.engine != "inference":
+            yield (lambda v: network.sample(G, v)), "dygraph"
+            return
+        checkpoint = os.path.join(tmp, "checkpoint.pdparams")
+        save_checkpoint(checkpoint, {"format": FORMAT, "arch": cfg.arch, "arch_args": G.args, "G": G.state_dict()})
+        forward = generator.fast_generator(G, checkpoint, profile=profile)
+        yield forward, "inference-onednn-" + ("bf16" if forward.bf16 else "fp32")
+        del forward   # the predictor prints its profile as it goes
+        gc.collect()
+
+
+def measure(cfg):
+    """Median img/s of generator.py's path (export + Paddle Inference, or eager) on fresh noise."""
+    device = runtime.select_device(cfg.device)
+    G, args = build(cfg)
+    z = np.random.default_rng(0).standard_normal((cfg.batch, args["z_dim"])).astype(np.float32)
+    with generator_path(cfg, G) as (forward, path):
         for _ in range(cfg.warmup):
             forward(z)
         rates = []

@@ -1,5 +1,7 @@
-"""Where a training step's time goes, op by op: Paddle's profiler on train.py's own step, or
-torch.profiler on ../shared/bench/torch_reference.py's twin of it, at the same sizes.
+"""Where a training step's (or a generator forward's) time goes, op by op: Paddle's profiler on
+train.py's own step, or torch.profiler on ../shared/bench/torch_reference.py's twin of it, at the
+same sizes. --mode generate profiles generator.py's path (Paddle Inference's own per-op report,
+warm-up runs included) against the twin's eager forward, at benchmarks/generate.py's sizes.
 
 A diagnostic beside versus_torch.py, not a speed target: it prints the profilers' own tables
 (Paddle's operator summary, PyTorch's key averages by self time). Profile both frameworks one
@@ -10,6 +12,8 @@ Examples:
     python benchmarks/profile_step.py --arch dcgan
     python benchmarks/profile_step.py --arch dcgan --framework torch     # needs pip install torch==2.13.0
     python benchmarks/profile_step.py --arch pggan --iterations 10
+    python benchmarks/profile_step.py --arch dcgan --mode generate --iterations 20
+    python benchmarks/profile_step.py --arch dcgan --mode generate --framework torch
 """
 import argparse
 import os
@@ -33,6 +37,39 @@ def profile_paddle(arch, iterations, warmup):
         step()
     p.stop()
     p.summary(sorted_by=profiler.SortedKeys.CPUTotal, op_detail=False, thread_sep=False, time_unit="ms")
+
+
+def profile_paddle_generate(arch, iterations, warmup):
+    import numpy as np
+    import generate
+    cfg = generate.GenBenchConfig(arch=arch)
+    G, args = generate.build(cfg)
+    z = np.random.default_rng(0).standard_normal((cfg.batch, args["z_dim"])).astype(np.float32)
+    with generate.generator_path(cfg, G, profile=True) as (forward, path):
+        print(f"paddle {arch} {args['size']}x{args['size']} generator, batch {cfg.batch}, {path}, "
+              f"{warmup} + {iterations} forwards", flush=True)
+        for _ in range(warmup + iterations):
+            forward(z)
+
+
+def profile_torch_generate(arch, iterations, warmup):
+    sys.path.insert(0, REFERENCE)
+    import torch
+    import torch_reference as tr
+    from torch.profiler import ProfilerActivity, profile
+    a = tr.parse_args(["generate", "--arch", arch, "--batch", "64"])   # generate.py's batch
+    torch.manual_seed(0)
+    G, _ = tr.build(a)
+    G.eval()
+    z_shape = (a.batch, a.z_dim, 1, 1) if arch == "dcgan" else (a.batch, a.z_dim)
+    print(f"torch {arch} {a.size}x{a.size} generator, batch {a.batch}, {iterations} forwards")
+    with torch.no_grad():
+        for _ in range(warmup):
+            G(torch.randn(*z_shape))
+        with profile(activities=[ProfilerActivity.CPU]) as p:
+            for _ in range(iterations):
+                G(torch.randn(*z_shape))
+    print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
 def profile_torch(arch, iterations, warmup):
@@ -88,6 +125,8 @@ def main(argv=None):
     parser.add_argument("--arch", choices=["dcgan", "torchblog", "pggan"], default="dcgan",
                         help="an architecture the reference has a twin of (default: dcgan)")
     parser.add_argument("--framework", choices=["paddle", "torch"], default="paddle")
+    parser.add_argument("--mode", choices=["train", "generate"], default="train",
+                        help="a training step, or a generator forward at batch 64 (default: train)")
     parser.add_argument("--iterations", type=int, default=4, help="profiled iterations (default: 4)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="unprofiled iterations first, at least 1: Paddle's profiler lists no ops of a "
@@ -103,10 +142,10 @@ def main(argv=None):
                            "dependency of this project)\n")
         if not os.path.exists(os.path.join(REFERENCE, "torch_reference.py")):
             parser.exit(2, f"{parser.prog}: error: no PyTorch reference in {REFERENCE}\n")
-        profile_torch(args.arch, args.iterations, args.warmup)
+        (profile_torch if args.mode == "train" else profile_torch_generate)(args.arch, args.iterations, args.warmup)
     else:
         import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
-        profile_paddle(args.arch, args.iterations, args.warmup)
+        (profile_paddle if args.mode == "train" else profile_paddle_generate)(args.arch, args.iterations, args.warmup)
 
 
 if __name__ == "__main__":

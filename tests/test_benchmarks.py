@@ -111,6 +111,15 @@ def test_profile_step_lists_the_static_programs_ops(tmp_path):
     assert bad.returncode == 2 and "--warmup must be at least 1" in bad.stderr
 
 
+def test_profile_step_lists_the_exported_generators_ops(tmp_path):
+    """--mode generate: Paddle Inference's report of generator.py's path, its ops on oneDNN, the BatchNorm folded."""
+    result = run_script("benchmarks/profile_step.py", "--arch", "dcgan", "--mode", "generate", "--iterations", 1,
+                        "--warmup", 1, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "inference-onednn" in result.stdout and "onednn_op.conv2d_transpose" in result.stdout
+    assert "batch_norm" not in result.stdout
+
+
 def test_frees_benchmark_times_both_ways_of_freeing(tmp_path):
     """benchmarks/frees.py: the same step with one free per op and with batched frees; the first wakes the
     collector thread at every op, which shows as the main thread's involuntary context switches."""
