@@ -120,6 +120,20 @@ def test_profile_step_lists_the_exported_generators_ops(tmp_path):
     assert "batch_norm" not in result.stdout
 
 
+def test_onednn_ops_times_each_op_set_against_the_base_set(tmp_path):
+    result = run_script("benchmarks/onednn_ops.py", "--size", 16, "--batch", 4, "--width", 8, "--rounds", 1,
+                        "--steps", 1, "--variant", "act=leaky_relu,relu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip())
+    assert set(line["sets"]) == {"base", "act"} and line["sets"]["base"]["ratio_to_base"] == 1.0
+    assert line["sets"]["act"]["ops"] == ["conv2d", "conv2d_grad", "leaky_relu", "relu"]
+    assert line["sets"]["act"]["img_per_s"] > 0
+    for argv, message in ((["--variant", "act=leaky_rleu"], "no Paddle op named leaky_rleu"),
+                          (["--variant", "leaky_relu"], "NAME=OP[,OP...]"), ([], "at least one --variant")):
+        bad = run_script("benchmarks/onednn_ops.py", *argv, cwd=tmp_path)
+        assert bad.returncode == 2 and message in bad.stderr.strip().splitlines()[-1], bad.stderr
+
+
 def test_frees_benchmark_times_both_ways_of_freeing(tmp_path):
     """benchmarks/frees.py: the same step with one free per op and with batched frees; the first wakes the
     collector thread at every op, which shows as the main thread's involuntary context switches."""
