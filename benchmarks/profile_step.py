@@ -6,7 +6,7 @@ warm-up runs included) against the twin's eager forward, at benchmarks/generate.
 A diagnostic beside versus_torch.py, not a speed target: it prints the profilers' own tables
 (Paddle's operator summary, PyTorch's key averages by self time). Profile both frameworks one
 after the other and compare each op's share of the total. Paddle writes its trace into
-profiler_log/ (ignored by git).
+profiler_log/, and Paddle Inference its report also into profile.log (both ignored by git).
 
 Examples:
     python benchmarks/profile_step.py --arch dcgan
