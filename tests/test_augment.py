@@ -80,7 +80,7 @@ def test_cutout_is_a_square_of_half_the_side_cut_at_the_edges():
 
 def test_saturation_changes_nothing_on_grey_faces():
     x = grey(4, 8)
-    numbers = diffaug_numbers(4, 8, saturation=paddle.full([4, 1, 1, 1], 1.9))
+    numbers = diffaug_numbers(4, 8, saturation=np.full((4, 1, 1, 1), 1.9, np.float32))
     np.testing.assert_allclose(augment.diffaug_apply(x, numbers).numpy(), x.numpy(), atol=1e-6)
 
 
