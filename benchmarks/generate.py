@@ -14,7 +14,6 @@ Examples:
 """
 import argparse
 import contextlib
-import gc
 import json
 import os
 import statistics
@@ -50,20 +49,22 @@ class GenBenchConfig:
 
 
 def build(cfg):
-    """(G in inference mode, its arguments) at the benchmark's sizes; PG-GAN at its final resolution, stabilised."""
+    """(G in inference mode, the noise batch it is timed on) at the benchmark's sizes; PG-GAN at its final
+    resolution, stabilised."""
     run, sizes = train_step.run_config(train_step.StepBenchConfig(arch=cfg.arch, size=cfg.size, width=cfg.width))
     args = {name: sizes.size if name == "size" else getattr(run, name)
             for name in network.architecture(cfg.arch).args}
     paddle.seed(0)
     G = network.build_net(cfg.arch, "G", args)
     G.eval()
-    return G, args
+    return G, np.random.default_rng(0).standard_normal((cfg.batch, args["z_dim"])).astype(np.float32)
 
 
 @contextlib.contextmanager
 def generator_path(cfg, G, profile=False):
     """(forward, path name): generator.py's forward for G, z -> uint8 faces (exported into a temporary folder
-    and run by Paddle Inference, or eager). profile: Paddle Inference's per-op report when the block ends."""
+    and run by Paddle Inference, or eager). profile: Paddle Inference prints its per-op report when the
+    predictor is freed, after the block."""
     if cfg.engine == "inference" and not network.architecture(cfg.arch).inference:
         raise runtime.ConfigError(f"--engine inference does not run --arch {cfg.arch} (see network.ARCHITECTURES); "
                                   "use --engine dygraph")
@@ -75,15 +76,12 @@ def generator_path(cfg, G, profile=False):
         save_checkpoint(checkpoint, {"format": FORMAT, "arch": cfg.arch, "arch_args": G.args, "G": G.state_dict()})
         forward = generator.fast_generator(G, checkpoint, profile=profile)
         yield forward, "inference-onednn-" + ("bf16" if forward.bf16 else "fp32")
-        del forward   # the predictor prints its profile as it goes
-        gc.collect()
 
 
 def measure(cfg):
     """Median img/s of generator.py's path (export + Paddle Inference, or eager) on fresh noise."""
     device = runtime.select_device(cfg.device)
-    G, args = build(cfg)
-    z = np.random.default_rng(0).standard_normal((cfg.batch, args["z_dim"])).astype(np.float32)
+    G, z = build(cfg)
     with generator_path(cfg, G) as (forward, path):
         for _ in range(cfg.warmup):
             forward(z)
@@ -93,7 +91,7 @@ def measure(cfg):
             for _ in range(cfg.steps):
                 forward(z)  # to uint8 on the host: the work generator.py does per batch
             rates.append(cfg.steps * cfg.batch / (time.perf_counter() - t))
-    return {"framework": "paddle", "mode": "generate", "arch": cfg.arch, "size": args["size"], "batch": cfg.batch,
+    return {"framework": "paddle", "mode": "generate", "arch": cfg.arch, "size": G.args["size"], "batch": cfg.batch,
             "img_per_s": round(statistics.median(rates), 2), "threads": os.environ.get("OMP_NUM_THREADS"),
             "path": path, "device": device, "paddle": paddle.__version__}
 

@@ -40,16 +40,18 @@ def profile_paddle(arch, iterations, warmup):
 
 
 def profile_paddle_generate(arch, iterations, warmup):
-    import numpy as np
+    import gc
     import generate
     cfg = generate.GenBenchConfig(arch=arch)
-    G, args = generate.build(cfg)
-    z = np.random.default_rng(0).standard_normal((cfg.batch, args["z_dim"])).astype(np.float32)
+    G, z = generate.build(cfg)
+    size = G.args["size"]
     with generate.generator_path(cfg, G, profile=True) as (forward, path):
-        print(f"paddle {arch} {args['size']}x{args['size']} generator, batch {cfg.batch}, {path}, "
-              f"{warmup} + {iterations} forwards", flush=True)
+        print(f"paddle {arch} {size}x{size} generator, batch {cfg.batch}, {path}, {warmup} + {iterations} forwards",
+              flush=True)
         for _ in range(warmup + iterations):
             forward(z)
+    del forward   # the last reference to the predictor, which prints its report as it is freed
+    gc.collect()
 
 
 def profile_torch_generate(arch, iterations, warmup):
