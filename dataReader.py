@@ -6,8 +6,9 @@ uninterrupted one would have. The dataset format and the image conventions are f
 
 Examples:
     python dataReader.py                       # grid of 64 training images -> data/preview.png
+    python dataReader.py --data mine           # -> mine/preview.png
     python dataReader.py --data data/celeba64 --flip --out preview.png
-    python dataReader.py --size 16                 # what a 16x16 stage of training sees
+    python dataReader.py --size 16             # what a 16x16 stage of training sees
 """
 import os
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ def make_loader(dataset, batch_size, flip=False, epoch_images=None, seed=0, num_
 @dataclass
 class PreviewConfig:
     data: str = option("data", "dataset folder written by pretreat.py")
-    out: str = option("data/preview.png", "grid PNG to write")
+    out: str = option(None, "grid PNG to write (default: preview.png in the dataset folder)")
     num: int = option(64, "images in the grid", at_least(1))
     size: int = option(None, "read at this size, averaging pixel blocks, as training at --size does (default: as "
                        "stored)")
@@ -154,9 +155,10 @@ def main(argv=None):
         dataset = FaceDataset(cfg.data, size=cfg.size)
     loader = make_loader(dataset, min(cfg.num, len(dataset)), flip=cfg.flip, seed=cfg.seed)
     batch = next(iter(loader))
-    os.makedirs(os.path.dirname(cfg.out) or ".", exist_ok=True)
-    write_png(cfg.out, make_grid(to_uint8(batch.numpy())), scale=grid_scale(dataset.size))
-    print(f"wrote {cfg.out}: {len(batch)} of {len(dataset)} images, "
+    out = cfg.out or os.path.join(dataset.folder, "preview.png")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    write_png(out, make_grid(to_uint8(batch.numpy())), scale=grid_scale(dataset.size))
+    print(f"wrote {out}: {len(batch)} of {len(dataset)} images, "
           f"{dataset.size}x{dataset.size}, from {dataset.manifest['source']}")
 
 
