@@ -135,6 +135,15 @@ class Processes:
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return [bool(v) for v in t.numpy()]
 
+    def differ(self, *values):
+        """For each integer, whether the processes hold different values (every process gets the same answer)."""
+        if self.world == 1:
+            return [False for _ in values]
+        t = paddle.to_tensor([int(v) for v in values] + [-int(v) for v in values], dtype="int64")
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)  # the largest value, and minus the smallest
+        top = t.numpy()
+        return [bool(top[i] != -top[len(values) + i]) for i in range(len(values))]
+
     def share_state(self, *nets):
         """Give every process rank 0's weights and BatchNorm statistics (each tracked its own batches)."""
         if self.world > 1:

@@ -21,7 +21,9 @@ Run it again with the same --out and it continues where the checkpoint stopped, 
 data order and random streams (--resume never starts over). Ctrl-C or SIGTERM finishes the
 iteration, saves and exits. A loss or weight that is no longer finite stops the run, keeping
 the last good checkpoint. Several processes: python -m paddle.distributed.launch
---nproc_per_node N train.py ... (--batch-size is per process; rank 0 writes the files).
+--nproc_per_node N train.py ... (--batch-size is per process; rank 0 writes the files); several
+machines: one launcher on each with --nnodes, the same --master and its own --rank, the same
+options and dataset, and --out shared (or copied from rank 0's machine) to resume.
 
 Defaults are the tutorial's (batch 128, one pass over the data per epoch, width 64) except on
 the 100 built-in LFW faces, where a global batch of 64 (split among processes), 6,400 images
@@ -37,6 +39,7 @@ Examples:
     python train.py --epochs 1 --sample-every 50 --device cpu
     python train.py --epochs 8 --eval-every 100          # SWD to the data in log.jsonl and swd.png
     python -m paddle.distributed.launch --nproc_per_node 2 train.py --epochs 8
+    python -m paddle.distributed.launch --nnodes 2 --master 10.0.0.1:8090 --rank 0 train.py   # rank 1 on the other
     python train.py --arch torchblog --balance margin --optimizer rmsprop --out runs/blog   # the Torch blog
     python train.py --real-label 0.9 --flip-labels 0.05 --balance l2 --out runs/tricks
     python train.py --arch pggan --size 32 --out runs/pggan      # progressive growing, 4 -> 32
@@ -492,6 +495,16 @@ def train(cfg, explicit=None):
         pos, fixed_z = Position(**{k: state[k] for k in asdict(pos)}), state["fixed_z"]
         if pos.batch == epoch_length(loader, pos):
             pos.epoch, pos.batch, pos.epoch_shown = pos.epoch + 1, 0, pos.images_seen
+    # Processes on several machines see their own files: they must start at one place on alike datasets.
+    start_differs, *data_differs = procs.differ(pos.iteration, len(dataset), dataset.size)
+    if start_differs:
+        raise ConfigError(f"the processes start at different iterations (this one at {pos.iteration}): every "
+                          f"machine must find the same checkpoint in --out {cfg.out}; share that folder, or copy "
+                          "it from the machine of rank 0")
+    if any(data_differs):
+        raise ConfigError(f"the processes read different datasets (this one {len(dataset)} images of "
+                          f"{dataset.size}x{dataset.size}): give every machine the same --data")
+    if state is not None:
         if pos.epoch > cfg.epochs:
             print(f"{resumed_from} has finished {pos.epoch - 1} epochs (iteration {pos.iteration}); "
                   f"ask for more with --epochs N", file=sys.stderr)
