@@ -1,31 +1,12 @@
-"""What a new user met in the README: the distributed command, --data naming the array, progress in a log file."""
+"""What a new user met: default batches for any number of processes, --data naming the array, progress in a log file."""
 import os
-import subprocess
-import sys
 
 import pytest
 
-import checkpoint
 import logs
 import progressive
 import train
-from conftest import ROOT, assert_user_error, run_script
-
-README_COMMAND = "python -m paddle.distributed.launch --nproc_per_node 2 train.py --epochs 8"
-
-
-def test_the_readmes_distributed_command_runs_on_the_built_in_faces(lfw32, tmp_path):
-    with open(os.path.join(ROOT, "README.md")) as f:
-        assert README_COMMAND in f.read()
-    # The README's command as it stands, with a shorter epoch (2 iterations) and the test's dataset.
-    cmd = README_COMMAND.replace("python", sys.executable, 1).replace("train.py", os.path.join(ROOT, "train.py"))
-    cmd = cmd.split() + ["--data", lfw32, "--out", str(tmp_path / "output"), "--epoch-images", "128"]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    state = checkpoint.load(str(tmp_path / "output" / checkpoint.FILE))
-    # the default batch of 64 on the built-in faces is global: 32 per process
-    assert state["config"]["batch_size"] == 32 and state["config"]["width"] == 32
-    assert (state["epoch"], state["iteration"], state["images_seen"]) == (8, 16, 1024)
+from conftest import assert_user_error, run_script
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
