@@ -142,7 +142,7 @@ class Processes:
         t = paddle.to_tensor([int(v) for v in values] + [-int(v) for v in values], dtype="int64")
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)  # the largest value, and minus the smallest
         top = t.numpy()
-        return [bool(top[i] != -top[len(values) + i]) for i in range(len(values))]
+        return [bool(most != -least) for most, least in zip(top[:len(values)], top[len(values):])]
 
     def share_state(self, *nets):
         """Give every process rank 0's weights and BatchNorm statistics (each tracked its own batches)."""

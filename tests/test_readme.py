@@ -218,14 +218,11 @@ def launch_commands():
     return [command for _, block in BLOCKS for command, comment in block if kind(command, comment) == "launch"]
 
 
-def launcher_argv(command, cwd, master=None):
+def launcher_argv(command, cwd):
     """The launcher's command as the tests run it: this Python and checkout, train.py shortened."""
     words = shlex.split(command)
     at = words.index("train.py")
-    launcher = [sys.executable, *words[1:at]]
-    if master:
-        launcher = option(launcher, "--master", master)
-    return [*launcher, os.path.join(ROOT, "train.py"), *shorten(words[at + 1:], cwd)]
+    return [sys.executable, *words[1:at], os.path.join(ROOT, "train.py"), *shorten(words[at + 1:], cwd)]
 
 
 def fresh_folder(after_quick_start, path):
@@ -253,7 +250,10 @@ def free_port():
 
 
 def launch_together(argvs, folders):
-    """Start one launcher per folder at once, as on separate machines; [(returncode, output and workers' logs)]."""
+    """Start one launcher per folder at once, as on separate machines, with a master on this host that no other
+    run uses; [(returncode, output and workers' logs)]."""
+    master = f"127.0.0.1:{free_port()}"
+    argvs = [option(argv, "--master", master) for argv in argvs]
     launchers = [subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True) for argv, cwd in zip(argvs, folders)]
     try:
@@ -272,8 +272,7 @@ def test_the_readmes_two_machine_commands_train_as_two_launchers_on_this_host(af
     nodes = [c for c in launch_commands() if "--nnodes 2" in c]
     assert [shlex.split(c)[shlex.split(c).index("--rank") + 1] for c in nodes] == ["0", "1"]
     folders = [fresh_folder(after_quick_start, tmp_path / f"machine{rank}") for rank in (0, 1)]
-    argvs = [launcher_argv(command, cwd, f"127.0.0.1:{free_port()}") for command, cwd in zip(nodes, folders)]
-    argvs[1] = option(argvs[1], "--master", argvs[0][argvs[0].index("--master") + 1])  # one master for both
+    argvs = [launcher_argv(command, cwd) for command, cwd in zip(nodes, folders)]
     for code, out in launch_together(argvs, folders):
         assert code == 0, out[-4000:]
     state = checkpoint.load(str(folders[0] / "output" / checkpoint.FILE))
@@ -283,9 +282,6 @@ def test_the_readmes_two_machine_commands_train_as_two_launchers_on_this_host(af
 
     # Resuming: the second machine has no checkpoint, so it would start over while the first continues.
     longer = [option(argv, "--epochs", "3") for argv in argvs]
-    for argv in longer:
-        argv[argv.index("--master") + 1] = f"127.0.0.1:{free_port()}"
-    longer[1] = option(longer[1], "--master", longer[0][longer[0].index("--master") + 1])
     for code, out in launch_together(longer, folders):
         assert code != 0 and "the processes start at different iterations" in out, out[-4000:]
         assert "Traceback" not in out, out[-4000:]
