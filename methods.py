@@ -24,6 +24,7 @@ Example:
 import contextlib
 import functools
 import os
+import sys
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import numpy as np
@@ -31,7 +32,6 @@ import paddle
 import paddle.nn.functional as F
 
 import checkpoint
-import faststep
 import network
 from augment import AdaController, Augment
 from balance import MARGINS, LeCam, Tricks, make_optimizer
@@ -91,17 +91,53 @@ def ema_update(G_ema, G, beta=EMA_BETA):
             e.set_value(p if p.stop_gradient else e * beta + p * (1.0 - beta))
 
 
+# Paddle releases the static CPU step (faststep.py) passed the tests on: it builds on Paddle's private legacy-program
+# API, which other releases may have moved or changed. Elsewhere training takes the eager step, which is public API.
+STATIC_STEP_PADDLE = ("3.3.1",)
+
+
+def static_step_problem(version=None):
+    """Why this Paddle cannot run the static CPU step (None when it can): an untested release, or faststep.py not
+    importing. faststep is imported here first, and only when a static step is wanted."""
+    version = version or paddle.__version__
+    if version not in STATIC_STEP_PADDLE:
+        return f"it is tested on Paddle {', '.join(STATIC_STEP_PADDLE)}, not {version}"
+    try:
+        static_steps()
+    except (ImportError, AttributeError) as e:
+        return f"faststep.py does not import with this Paddle ({type(e).__name__}: {e})"
+    return None
+
+
+def static_steps():
+    """faststep, the module of the static CPU steps and of the Paddle legacy-program internals they build on: imported
+    only when a static step is built, so that the eager step never depends on those internals."""
+    import faststep
+    return faststep
+
+
 def choose_step(name, device, arch, processes):
-    """The training step ('static' or 'dygraph') that --step `name` means on `device` for `arch`."""
+    """The training step ('static' or 'dygraph') that --step `name` means on `device` for `arch`.
+
+    Where auto would take the static step and this Paddle cannot run it, it says so in one line and takes the eager
+    step; --step static is refused there."""
     static = network.architecture(arch).static_step
     if name == "auto":
-        return "static" if device == "cpu" and static and processes == 1 else "dygraph"
+        if not (device == "cpu" and static and processes == 1):
+            return "dygraph"
+        problem = static_step_problem()
+        if problem:
+            print(f"training on Paddle's eager step: the static CPU step is off because {problem}", file=sys.stderr)
+        return "dygraph" if problem else "static"
     if name == "static" and processes > 1:
         raise ConfigError("--step static runs in one process; several processes train with --step dygraph (or auto)")
     if name == "static" and device != "cpu":
         raise ConfigError("--step static runs on the CPU only; on a GPU use --step dygraph (or auto)")
     if name == "static" and not static:
         raise ConfigError(f"--step static has no program for --arch {arch}; use --step dygraph (or auto)")
+    problem = name == "static" and static_step_problem()
+    if problem:
+        raise ConfigError(f"--step static cannot run: {problem}; use --step dygraph (or auto)")
     return name
 
 
@@ -385,7 +421,7 @@ class BCEMethod(Method):
         cfg, G, D = self.cfg, self.nets["G"], self.nets["D"]
         self.path = choose_step(cfg.step, device, self.arch, self.procs.world)
         if self.path == "static":
-            self.fast = faststep.FastStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
+            self.fast = static_steps().FastStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
                                           cfg.d_steps, cfg.g_steps, self.T, self.lecam, self.tricks)
             self.fast.load(self.nets, self.opts)
         self.G_run, self.D_run = self.procs.wrap(G), self.procs.wrap(D)
@@ -479,7 +515,8 @@ class VAEMethod(Method):
         self.E_run, self.G_run = self.procs.wrap(self.nets["E"]), self.procs.wrap(self.nets["G"])
         if self.path == "static":
             cfg = self.cfg
-            self.fast = faststep.VAEStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2, vae_losses)
+            self.fast = static_steps().VAEStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
+                                               vae_losses)
             self.fast.load(self.nets, self.opts)
 
     def step(self, real, pos):
@@ -596,7 +633,7 @@ class VAEGANMethod(Method):
         self.path = choose_step(cfg.step, device, self.arch, self.procs.world)
         self.run = {name: self.procs.wrap(net) for name, net in self.nets.items()}
         if self.path == "static":
-            self.fast = faststep.VAEGANStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
+            self.fast = static_steps().VAEGANStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
                                             cfg.gamma, cfg.d_reconstructions, self.T, self.tricks,
                                             (vaegan_vae_losses, vaegan_gan_losses))
             self.fast.load(self.nets, self.opts)

@@ -22,11 +22,10 @@ Example:
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle
 
-import faststep
 import network
 from balance import make_optimizer
 from control import weight_checks
-from methods import Method, choose_step, ema_beta, ema_update, frozen, same, update
+from methods import Method, choose_step, ema_beta, ema_update, frozen, same, static_steps, update
 from network import downsample, upsample
 from runtime import ConfigError
 
@@ -204,7 +203,7 @@ class ProgressiveMethod(Method):
         if self.fast is None or key != self.fast_key:
             self.sync()
             cfg = self.cfg
-            self.fast = faststep.ProgressiveStep(self.arch, self.args, res, alpha < 1.0, real.shape[0], cfg.lr,
+            self.fast = static_steps().ProgressiveStep(self.arch, self.args, res, alpha < 1.0, real.shape[0], cfg.lr,
                                                  cfg.beta1, cfg.beta2, GP_WEIGHT, DRIFT, self.T, self.lecam)
             self.fast.load(self.nets, self.opts)
             self.fast_key = key
