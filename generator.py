@@ -22,6 +22,7 @@ Examples:
 import contextlib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -283,6 +284,15 @@ def silent_stdout():
         os.close(saved)
 
 
+def one_line(error):
+    """`error` as one line for a message: Paddle's C++ errors add hints, file positions and at times a C++ traceback
+    around the line that says what went wrong ("InvalidArgumentError: ..." in the traceback's summary)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip().strip("-")]
+    summary = next((line for line in lines if re.match(r"\w+Error: ", line)), lines[0] if lines else "")
+    summary = re.sub(r"\s*\[Hint: .*$", "", summary)
+    return f"{type(error).__name__}: {summary}"
+
+
 def fast_generator(G, checkpoint, profile=False):
     """An InferenceGenerator for G, exporting it beside `checkpoint` unless that export is current.
 
@@ -334,9 +344,9 @@ def main(argv=None):
             engine = "Paddle Inference, oneDNN, " + ("bfloat16" if forward.bf16 else "float32")
         except (OSError, RuntimeError, ValueError) as e:
             if cfg.engine == "inference":
-                parser.exit(2, f"{parser.prog}: error: cannot export the generator for Paddle Inference ({e})\n")
-            print(f"Paddle Inference unavailable ({type(e).__name__}: {e}); generating in eager mode",
-                  file=sys.stderr)
+                parser.exit(2, f"{parser.prog}: error: cannot export the generator for Paddle Inference "
+                               f"({one_line(e)})\n")
+            print(f"Paddle Inference unavailable ({one_line(e)}); generating in eager mode", file=sys.stderr)
     if cfg.export:
         print(f"exported the generator to {export(G, cfg.export)}", file=sys.stderr)
     seed = cfg.seed if cfg.seed is not None else int(np.random.SeedSequence().entropy % 2**31)

@@ -5,7 +5,8 @@ would use one core; and the MKL in the Paddle wheel takes a slow generic path on
 unless MKL_DEBUG_CPU_TYPE=5 is set before it loads (a 1024^2 matmul here: 27 -> 80 GFLOP/s).
 Both only work before `import paddle`, so this module sets them and then imports Paddle
 itself, never overriding what the user set. Processes started by paddle.distributed.launch
-share the cores. Paddle's C++ INFO log lines are off unless GLOG_minloglevel is set. It
+share the cores. Paddle's C++ INFO and warning log lines (such as the export's "Paddle static graph(PIR) not
+support input out tensor for now!!!!!", which no user can act on) are off unless GLOG_minloglevel is set. It
 also drops two import-time messages that do not apply here: ccache
 (for building C++ extensions) and "OMP_NUM_THREADS set to N, not 1" (about OpenBLAS builds
 and data-parallel runs; this MKL build runs threads fine, and launched processes divide the
@@ -72,7 +73,7 @@ def _import_paddle():
 warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 if "paddle" not in sys.modules:  # once Paddle is loaded, these variables no longer matter
     os.environ.update(thread_settings(os.environ, os.cpu_count() or 1, cpu_vendor()))
-    os.environ.setdefault("GLOG_minloglevel", "1")  # Paddle's C++ INFO lines off; its warnings stay
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ INFO and warning lines off; its errors stay
     _import_paddle()
 
 

@@ -1,6 +1,8 @@
 """generator.py: rebuilds G from the checkpoint alone, same seed same faces, clear errors."""
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -11,7 +13,7 @@ import checkpoint as checkpoint_module
 import generator
 import network
 import train
-from conftest import assert_user_error, run_script
+from conftest import ROOT, assert_user_error, run_script
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +168,27 @@ def test_walk_ones_slides_a_block_of_ones_along_z(checkpoint, tmp_path):
 ])
 def test_bad_walks_and_seeds(args, phrase, tmp_path):
     assert_user_error(run_script("generator.py", *args, cwd=tmp_path), phrase)
+
+
+def test_exporting_prints_none_of_paddles_own_log_lines(tmp_path):
+    # Paddle 3.3's export logs "W... Paddle static graph(PIR) not support input out tensor for now!!!!!" for PG-GAN
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import generator, network; "
+            "G = network.build_net('pggan', 'G', dict(size=16, z_dim=32, fmap_base=64, fmap_max=16)); "
+            "generator.export(G, sys.argv[2])")
+    result = subprocess.run([sys.executable, "-c", code, ROOT, str(tmp_path / "g")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert os.path.exists(tmp_path / "g.pdiparams")
+
+
+def test_a_paddle_error_is_one_line_in_a_message():
+    try:
+        paddle.to_tensor([1.0, 2.0]).reshape([3])
+    except ValueError as e:
+        line = generator.one_line(e)
+    assert line.startswith("ValueError: (InvalidArgument) The 'shape' in ReshapeOp is invalid.") and "\n" not in line
+    traced = RuntimeError("\n--------\nC++ Traceback (most recent call last):\n--------\n0   paddle::Run\n\n"
+                          "----------------------\nError Message Summary:\n----------------------\n"
+                          "InvalidArgumentError: The type of data does not match.\n  [Hint: Expected dtype().] "
+                          "(at /paddle/dense_tensor.cc:153)\n")
+    assert generator.one_line(traced) == "RuntimeError: InvalidArgumentError: The type of data does not match."
