@@ -11,8 +11,11 @@ state, which network samples and at what stage ("sampler"), and the project vers
 generator.py also reads format 1 (issue 2's) files.
 
 `.pdparams` files are pickles, and unpickling can run code. `load` therefore unpickles with
-an allow-list: dicts, lists, tuples, numbers, strings, numpy arrays and Paddle's random-state
-object. Anything else (a foreign or tampered file) is refused before it runs.
+an allow-list: dicts, lists, tuples, numbers, strings and numpy arrays, and no Paddle class, so
+that a renamed Paddle class cannot make checkpoints unreadable. Anything else (a foreign or
+tampered file) is refused before it runs. Paddle's random-generator state is stored as plain
+numbers; checkpoints written before 0.6.0 pickled Paddle's GeneratorState object, which `load`
+reads into those numbers without naming Paddle.
 
 Example:
     state = load("output/checkpoint.pdparams")      # arrays, not Tensors
@@ -30,28 +33,38 @@ import paddle
 from facedata import write_atomic
 from runtime import ConfigError
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 FILE = "checkpoint.pdparams"
 FORMAT = "paddle-fakeface-checkpoint/2"
 READABLE = ("paddle-fakeface-checkpoint/1", FORMAT)   # /1: issue 2's files, enough to generate from
 
-# What a checkpoint's pickle may name: containers, numpy arrays, Paddle's generator state.
+# What a checkpoint's pickle may name: containers and numpy arrays.
 ALLOWED = {
     ("collections", "OrderedDict"), ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
-    ("paddle.base.libpaddle", "GeneratorState"),
 }
+# Before 0.6.0 the random state was Paddle's GeneratorState object, pickled as this name; it is read as plain data.
+LEGACY_GENERATOR_STATE = ("paddle.base.libpaddle", "GeneratorState")
 
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, damaged or not one of ours; the message says what to do."""
 
 
+class _PickledGeneratorState:
+    """What an old checkpoint's pickled GeneratorState unpickles to: its pickled state, as plain data."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        if (module, name) == LEGACY_GENERATOR_STATE:
+            return _PickledGeneratorState
         if (module, name) not in ALLOWED:
             raise CheckpointError(f"it refers to {module}.{name}, which no checkpoint of ours holds; "
                                   "refusing to unpickle it (load only checkpoints you trust)")
@@ -59,7 +72,10 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _arrays(obj):
-    """paddle.save stores a Tensor as the tuple (name, ndarray): make those arrays again."""
+    """paddle.save stores a Tensor as the tuple (name, ndarray): make those arrays again (and an old checkpoint's
+    generator states the plain form that rng_state writes)."""
+    if isinstance(obj, _PickledGeneratorState):
+        return _plain_generator_state(obj.state)
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
         return obj[1]
     if isinstance(obj, dict):
@@ -212,11 +228,26 @@ def set_optimizer_state(opt, net, state):
 
 # ----------------------------------------------------------------------------- random state
 
+def _plain_generator_state(pickled):
+    """A Paddle generator state as plain data, from the state its pickling holds: (device, seed, offset, the
+    engine's state as the bytes of its text)."""
+    device, seed, offset, engine = pickled
+    return {"device": int(device), "seed": int(seed), "offset": int(offset), "engine": np.asarray(engine, np.uint8)}
+
+
 def rng_state():
-    """Paddle's and numpy's global random state."""
-    return {"paddle": paddle.get_rng_state(), "numpy": np.random.get_state()}
+    """Paddle's and numpy's global random state, as plain numbers and arrays."""
+    return {"paddle": [_plain_generator_state(s.__getstate__()) for s in paddle.get_rng_state()],
+            "numpy": np.random.get_state()}
 
 
 def set_rng_state(state):
-    paddle.set_rng_state(state["paddle"])
+    """Put back the random state that rng_state returned."""
+    kind = type(paddle.get_rng_state()[0])  # Paddle's generator-state class, rebuilt through its pickling
+    generators = []
+    for s in state["paddle"]:
+        generator = kind.__new__(kind)
+        generator.__setstate__((s["device"], s["seed"], s["offset"], [int(b) for b in s["engine"]]))
+        generators.append(generator)
+    paddle.set_rng_state(generators)
     np.random.set_state(state["numpy"])

@@ -245,6 +245,46 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
     assert not (tmp_path / "owned").exists()
 
 
+def test_a_checkpoint_names_no_paddle_class(finished):
+    import io
+    import pickle
+    path, data = finished
+    named = []
+
+    class Recording(pickle.Unpickler):
+        def find_class(self, module, name):
+            named.append(module)
+            return super().find_class(module, name)
+
+    Recording(io.BytesIO(data)).load()
+    assert named and not [m for m in named if m.startswith("paddle")], named  # a Paddle rename cannot break it
+    assert not [m for m, _ in checkpoint.ALLOWED if m.startswith("paddle")]
+    state = checkpoint.load(str(path))
+    assert state["rng"]["paddle"][0]["engine"].dtype == np.uint8
+
+
+def test_a_checkpoint_of_the_earlier_format_still_resumes_and_generates(lfw8, tmp_path):
+    # Written by 0.5.0 (commit 4de3231): Paddle's GeneratorState pickled as paddle.base.libpaddle.GeneratorState.
+    # train.py --data lfw8 --out run --epochs 2 --batch-size 16 --epoch-images 32 --width 4 --z-dim 8 --device cpu
+    fixture = os.path.join(ROOT, "tests", "fixtures", "checkpoint_generator_state.pdparams")
+    with open(fixture, "rb") as f:
+        assert b"paddle.base.libpaddle" in f.read()
+    (tmp_path / "run").mkdir()
+    path = tmp_path / "run" / checkpoint.FILE
+    path.write_bytes(open(fixture, "rb").read())
+    before = checkpoint.load(str(path))
+    assert (before["version"], before["iteration"]) == ("0.5.0", 4)
+    result = run_script("train.py", "--data", lfw8, "--out", tmp_path / "run", "--epochs", 3, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    after = checkpoint.load(str(path))
+    assert (after["epoch"], after["iteration"], after["version"]) == (3, 6, checkpoint.__version__)
+    assert any(not np.array_equal(after["G"][k], before["G"][k]) for k in before["G"])  # it trained on
+    made = run_script("generator.py", "--checkpoint", path, "--num", 2, "--seed", 0, "--out", tmp_path / "g",
+                      cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert os.path.exists(tmp_path / "g" / "grid.png")
+
+
 def test_another_architecture_is_refused_by_train_and_generator(finished, lfw8, tmp_path):
     import paddle
     path, _ = finished
