@@ -41,7 +41,6 @@ import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import numpy as np
 import paddle
 import paddle.nn.functional as F
-from paddle.base.layer_helper import LayerHelper
 
 KINDS = ("none", "diffaug", "ada")
 ROTATE_MAX = 15.0          # degrees, ada's small rotation
@@ -124,22 +123,20 @@ def diffaug_apply(x, d):
     return paddle.clip(x * d["mask"], -1.0, 1.0)
 
 
+GRID_SAMPLE = dict(mode="bilinear", padding_mode="reflection", align_corners=False)   # ADA's resampling
+
+
 def grid_sample(x, grid):
-    """Bilinear resampling of `x` at `grid`, mirrored at the borders. In a legacy static program (faststep.py)
-    as its grid_sampler op: Paddle 3's F.grid_sample builds PIR programs only."""
-    options = dict(mode="bilinear", padding_mode="reflection", align_corners=False)
-    if paddle.in_dynamic_mode():
-        return F.grid_sample(x, grid, **options)
-    helper = LayerHelper("grid_sampler")
-    out = helper.create_variable_for_type_inference(x.dtype)
-    helper.append_op(type="grid_sampler", inputs={"X": x, "Grid": grid}, outputs={"Output": out}, attrs=options)
-    return out
+    """Bilinear resampling of `x` at `grid`, mirrored at the borders: ADA's geometric map's resampling, the
+    reference form (faststep.py's static step passes its legacy-program form of the same op)."""
+    return F.grid_sample(x, grid, **GRID_SAMPLE)
 
 
-def ada_apply(x, d):
-    """ADA's geometric map, then its brightness and contrast, on images `x` [N, C, S, S] with the numbers `d`."""
+def ada_apply(x, d, resample=grid_sample):
+    """ADA's geometric map, then its brightness and contrast, on images `x` [N, C, S, S] with the numbers `d`;
+    `resample(x, grid)` is grid_sample or a form of it."""
     grid = F.affine_grid(d["theta"], x.shape, align_corners=False)
-    x = grid_sample(x, grid)
+    x = resample(x, grid)
     return paddle.clip((x + d["brightness"]) * d["contrast"], -1.0, 1.0)
 
 
@@ -159,9 +156,10 @@ class Augment:
         """The numpy random numbers of T for `n` images of side `size`."""
         return diffaug_draw(n, size) if self.kind == "diffaug" else ada_draw(n, size, self.p)
 
-    def apply(self, x, numbers):
-        """T(x) with the drawn numbers (Paddle tensors or static variables of draw()'s shapes)."""
-        return diffaug_apply(x, numbers) if self.kind == "diffaug" else ada_apply(x, numbers)
+    def apply(self, x, numbers, resample=grid_sample):
+        """T(x) with the drawn numbers (Paddle tensors or static variables of draw()'s shapes); ADA resamples
+        with `resample` (grid_sample, or the static step's form of it)."""
+        return diffaug_apply(x, numbers) if self.kind == "diffaug" else ada_apply(x, numbers, resample)
 
     def __call__(self, x):
         if not self.active:

@@ -52,6 +52,7 @@ from paddle.base.framework import Operator, Variable
 from paddle.base.layer_helper import LayerHelper
 from paddle.static.nn.control_flow import select_input
 
+import augment
 import checkpoint
 import network
 from balance import Tricks, lecam_term, make_optimizer, rmsprop_lr
@@ -213,12 +214,17 @@ def _bce(logits, target):
 
 # ----------------------------------------------------------------------------- Paddle 3's legacy programs
 
-def legacy_op(op_type, inputs, attrs=None, dtype="float32"):
-    """One legacy static op with output Out (Paddle 3's Python API builds some ops only into PIR programs)."""
+def legacy_op(op_type, inputs, attrs=None, dtype="float32", output="Out"):
+    """One legacy static op with one output (Paddle 3's Python API builds some ops only into PIR programs)."""
     helper = LayerHelper(op_type)
     out = helper.create_variable_for_type_inference(dtype)
-    helper.append_op(type=op_type, inputs=inputs, outputs={"Out": out}, attrs=attrs or {})
+    helper.append_op(type=op_type, inputs=inputs, outputs={output: out}, attrs=dict(attrs or {}))  # it adds its own
     return out
+
+
+def legacy_grid_sample(x, grid):
+    """augment.grid_sample as the legacy grid_sampler op, for ADA in a static step."""
+    return legacy_op("grid_sampler", {"X": x, "Grid": grid}, augment.GRID_SAMPLE, dtype=x.dtype, output="Output")
 
 
 def _matmul(x, y, transpose_x=False, transpose_y=False, name=None):
@@ -332,7 +338,7 @@ class StaticStep:
         shapes = {k: [shape[0] // self.batch * count, *shape[1:]] for k, shape in self.shapes.items()}
         numbers = {k: paddle.static.data(f"T{len(self.draws)}_{k}", shape, "float32") for k, shape in shapes.items()}
         self.draws.append(("T", {k: v.name for k, v in numbers.items()}, (count,)))
-        out = self.augment.apply(x, numbers)
+        out = self.augment.apply(x, numbers, resample=legacy_grid_sample)
         # some of T's ops leave the size unknown to the program; networks that read it (PG-GAN's D) need it
         return out if -1 not in out.shape else out.reshape(x.shape)
 

@@ -73,6 +73,7 @@ class ConvBlock(nn.Layer):
                  bias=False):
         super().__init__()
         conv = nn.Conv2DTranspose if transposed else nn.Conv2D
+        self.kernel, self.stride, self.padding, self.transposed = kernel, stride, padding, transposed
         # No bias where BN follows (it would be cancelled); none at all in DCGAN, as in the reference.
         self.conv = conv(in_ch, out_ch, kernel, stride=stride, padding=padding, bias_attr=None if bias else False)
         self.norm = batch_norm(out_ch) if norm else nn.Identity()
@@ -83,8 +84,7 @@ class ConvBlock(nn.Layer):
         if conv.bias is None or isinstance(conv, nn.Conv2DTranspose):
             return self.act(self.norm(conv(x)))
         # conv's own forward, with the bias added by bias_per_channel
-        y = F.conv2d(x, conv.weight, stride=conv._stride, padding=conv._updated_padding, dilation=conv._dilation,
-                     groups=conv._groups)
+        y = F.conv2d(x, conv.weight, stride=self.stride, padding=self.padding)
         return self.act(self.norm(y + bias_per_channel(conv.bias)))
 
 
@@ -432,10 +432,8 @@ def upsample_conv_pairs(net):
         children = list(seq.children())
         for up, block in zip(children, children[1:]):
             conv = getattr(block, "conv", None)
-            if (nearest_doubling(up) and isinstance(block, ConvBlock) and type(conv) is nn.Conv2D
-                    and conv._stride == [1, 1] and conv._dilation == [1, 1] and conv._groups == 1
-                    and conv._padding_mode == "zeros" and conv._kernel_size[0] == conv._kernel_size[1]
-                    and conv._kernel_size[0] % 2 == 1 and conv._updated_padding == [conv._kernel_size[0] // 2] * 2):
+            if (nearest_doubling(up) and isinstance(block, ConvBlock) and not block.transposed and block.stride == 1
+                    and isinstance(block.kernel, int) and block.kernel % 2 == 1 and block.padding == block.kernel // 2):
                 pairs.append((up, conv))
     return pairs
 
