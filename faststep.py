@@ -258,19 +258,6 @@ def legacy_api():
             setattr(m, name, f)
 
 
-@contextlib.contextmanager
-def product_resampling():
-    """While a program is built: network.upsample and network.downsample (PG-GAN's nearest upsampling and average
-    pooling, and so the pooling's adjoint in D.input_gradient) as matrix products, which MKL runs several times
-    faster than Paddle's CPU nearest_interp and avg_pool2d kernels (network.upsample_by_products)."""
-    saved = network.upsample, network.downsample
-    network.upsample, network.downsample = network.upsample_by_products, network.downsample_by_products
-    try:
-        yield
-    finally:
-        network.upsample, network.downsample = saved
-
-
 # ----------------------------------------------------------------------------- the steps
 
 def require_static_step(arch):
@@ -309,8 +296,7 @@ class StaticStep:
         self.shapes = {k: v.shape for k, v in self.augment.draw(batch, size).items()} if self.augment else {}
         with paddle.pir_utils.OldIrGuard():
             self.program, startup = paddle.static.Program(), paddle.static.Program()
-            with paddle.static.program_guard(self.program, startup), paddle.utils.unique_name.guard(), legacy_api(), \
-                    product_resampling():
+            with paddle.static.program_guard(self.program, startup), paddle.utils.unique_name.guard(), legacy_api():
                 build()
             transposed_convs_as_convs(self.program, startup)
             for op in self.program.global_block().ops:
@@ -342,10 +328,11 @@ class StaticStep:
         # some of T's ops leave the size unknown to the program; networks that read it (PG-GAN's D) need it
         return out if -1 not in out.shape else out.reshape(x.shape)
 
-    def networks(self, arch, arch_args, roles):
-        """The architecture's networks of `roles`, lowered for this program; weights come from `load`."""
-        nets = network.build(arch, **arch_args)
-        nets = {role: nets[role] if role in nets else network.build_net(arch, role.split("_")[0], arch_args)
+    def networks(self, arch, arch_args, roles, form=None):
+        """The architecture's networks of `roles`, in `form` where they have forms (network.build), lowered for
+        this program; weights come from `load`."""
+        nets = network.build(arch, form, **arch_args)
+        nets = {role: nets[role] if role in nets else network.build_net(arch, role.split("_")[0], arch_args, form)
                 for role in roles}
         for net in nets.values():
             lower(net, self.input)
@@ -695,7 +682,7 @@ class ProgressiveStep(StaticStep):
         super().__init__(batch, res, augment, functools.partial(self._build, arch, arch_args, lr, beta1, beta2))
 
     def _build(self, arch, arch_args, lr, beta1, beta2):
-        nets = self.networks(arch, arch_args, ("G", "D", "G_ema"))
+        nets = self.networks(arch, arch_args, ("G", "D", "G_ema"), form="static")   # resampling as matrix products
         G, D, G_ema = nets["G"], nets["D"], nets["G_ema"]
         n, res, T = self.batch, self.size, self.T
         alpha = paddle.static.data("alpha", [1], "float32") if self.fading else 1.0

@@ -300,8 +300,10 @@ def vjp(y, x, g):
     return paddle.static.gradients([y], [x], [g])[0]
 
 
-def backward_through(tape, g):
-    """The gradient at the start of a pass recorded by PGGANDiscriminator.forward's `tape`, given `g` at its end."""
+def backward_through(tape, g, up=None):
+    """The gradient at the start of a pass recorded by PGGANDiscriminator.forward's `tape`, given `g` at its end;
+    `up` is the D's form of nearest upsampling (the pooling's adjoint is a quarter of it; default: upsample)."""
+    up = up or upsample
     extra = []
     for step in reversed(tape):
         kind = step[0]
@@ -314,14 +316,14 @@ def backward_through(tape, g):
         elif kind == "lrelu":   # autograd's own: Paddle's second derivative takes slope 0.2 at exactly 0, its first 1
             g = vjp(step[2], step[1], g)
         elif kind == "pool":   # 2x2 average pooling's adjoint: each gradient spread over its block, a quarter each
-            g = upsample(g) * 0.25
+            g = up(g) * 0.25
         elif kind == "reshape":
             g = g.reshape(list(step[1]))
         elif kind == "stddev":
             g = minibatch_stddev_gradient(g, step[1])
         else:       # "fade": x = old + (x - old) * alpha, old computed from the same input by its own steps
             _, alpha, old_tape = step
-            extra.append(backward_through(old_tape, g * (1.0 - alpha)))
+            extra.append(backward_through(old_tape, g * (1.0 - alpha), up))
             g = g * alpha
     for e in extra:
         g = g + e
@@ -411,7 +413,7 @@ def convolution_of_upsampled(x, weight, bias):
 
 def up_conv_transposed(conv, x):
     """up_conv(conv, x) for PG-GAN's EqualizedConv2D, as one transposed convolution. Exported generators use it
-    (generator.inference_form); tests/test_faststep.py checks it against up_conv, forward and backward."""
+    (PGGAN_FORMS["export"]); tests/test_faststep.py checks it against up_conv, forward and backward."""
     return convolution_of_upsampled(x, conv.weight * conv.scale, conv.bias)
 
 
@@ -471,7 +473,7 @@ def upsample_by_products(x):
     """upsample(x) as two matrix products, R @ x @ R^T with R = resampling_matrix(up=True): exactly the same
     numbers (each output is one input times 1, plus zeros); its gradient sums each 2x2 block in another order.
     Paddle 3.3's CPU nearest_interp and its gradient run at about a sixth of this speed (16 -> 32 px, 16 channels,
-    batch 16: 3.0 against 0.5 ms forward + backward). PG-GAN's static step uses it (faststep.product_resampling)."""
+    batch 16: 3.0 against 0.5 ms forward + backward). PG-GAN's static step uses it (PGGAN_FORMS["static"])."""
     return _resample(x, True)
 
 
@@ -481,12 +483,38 @@ def downsample_by_products(x):
     return _resample(x, False)
 
 
+def up_conv_by_products(conv, x):
+    """up_conv with upsample_by_products: the same numbers."""
+    return conv(upsample_by_products(x))
+
+
 def _resample(x, up):
     """R_h @ x @ R_w^T with resampling matrices for x's height and width (one matrix when they are equal)."""
     h, w = (n if up else n // 2 for n in x.shape[-2:])
     rows = resampling_matrix(h, up)
     cols = rows if w == h else resampling_matrix(w, up)
     return paddle.matmul(paddle.matmul(rows, x), cols, transpose_y=True)
+
+
+# PG-GAN's resampling, pixel norm and upsampling convolution in each form its networks are built in (form=): the
+# reference ("ref", eager training and the standard the tests hold the others to); the static CPU step's ("static":
+# nearest upsampling and average pooling as matrix products, which MKL runs several times faster than Paddle's CPU
+# kernels); the export's ("export": ops that Paddle Inference's oneDNN path runs, and each upsampling + convolution
+# as one transposed convolution). Each computes the reference's numbers (tests/test_faststep.py, test_generator.py).
+PGGAN_FORMS = {
+    "ref": dict(upsample=upsample, downsample=downsample, pixel_norm=pixel_norm, up_conv=up_conv),
+    "static": dict(upsample=upsample_by_products, downsample=downsample_by_products, pixel_norm=pixel_norm,
+                   up_conv=up_conv_by_products),
+    "export": dict(upsample=nearest_up2, downsample=downsample, pixel_norm=pixel_norm_by_conv,
+                   up_conv=up_conv_transposed),
+}
+
+
+def pggan_ops(form):
+    """PGGAN_FORMS[form]; ValueError naming the forms."""
+    if form not in PGGAN_FORMS:
+        raise ValueError(f"form {form!r} is not one of {', '.join(PGGAN_FORMS)}")
+    return PGGAN_FORMS[form]
 
 
 def fading(alpha):
@@ -513,9 +541,10 @@ class PGGANGenerator(nn.Layer):
     fade (alpha < 1) the output is lerp(upsample(to_rgb_old(prev)), to_rgb_new(new), alpha).
     """
 
-    def __init__(self, size=32, z_dim=512, fmap_base=256, fmap_max=64):
+    def __init__(self, size=32, z_dim=512, fmap_base=256, fmap_max=64, form="ref"):
         super().__init__()
         self.args = dict(size=size, z_dim=z_dim, fmap_base=fmap_base, fmap_max=fmap_max)
+        self.form, self.ops = form, pggan_ops(form)   # how it computes, not what: not in args
         self.nf = pggan_channels(size, fmap_base, fmap_max)
         nf4 = self.nf[4]
         self.dense = EqualizedLinear(z_dim, nf4 * 16, gain=2 ** 0.5 / 4)  # the official gain for this layer
@@ -532,12 +561,11 @@ class PGGANGenerator(nn.Layer):
             raise ValueError(f"resolution {res} is not one of {list(self.nf)}")
         self.res, self.alpha = res, float(alpha)
 
-    @staticmethod
-    def _act(x):
-        return pixel_norm(F.leaky_relu(x, 0.2))
+    def _act(self, x):
+        return self.ops["pixel_norm"](F.leaky_relu(x, 0.2))
 
     def forward(self, z):
-        x = self.dense(pixel_norm(z.reshape([-1, self.args["z_dim"]])))
+        x = self.dense(self.ops["pixel_norm"](z.reshape([-1, self.args["z_dim"]])))
         x = self._act(x.reshape([-1, self.nf[4], 4, 4]))
         x = self._act(self.blocks["4"](x))
         prev = None
@@ -545,10 +573,10 @@ class PGGANGenerator(nn.Layer):
         while r < self.res:
             prev, r = x, 2 * r
             first, second = self.blocks[str(r)]
-            x = self._act(second(self._act(up_conv(first, x))))
+            x = self._act(second(self._act(self.ops["up_conv"](first, x))))
         rgb = self.to_rgb[str(r)](x)
         if fading(self.alpha) and prev is not None:
-            old = upsample(self.to_rgb[str(r // 2)](prev))
+            old = self.ops["upsample"](self.to_rgb[str(r // 2)](prev))
             rgb = old + (rgb - old) * self.alpha
         return rgb
 
@@ -559,9 +587,10 @@ class PGGANDiscriminator(nn.Layer):
     G's: lerp(from_rgb_old(avgpool(x)), block(from_rgb_new(x)), alpha).
     """
 
-    def __init__(self, size=32, z_dim=512, fmap_base=256, fmap_max=64):
+    def __init__(self, size=32, z_dim=512, fmap_base=256, fmap_max=64, form="ref"):
         super().__init__()
         self.args = dict(size=size, z_dim=z_dim, fmap_base=fmap_base, fmap_max=fmap_max)
+        self.form, self.ops = form, pggan_ops(form)   # how it computes, not what: not in args
         self.nf = pggan_channels(size, fmap_base, fmap_max)
         nf4 = self.nf[4]
         self.from_rgb = nn.LayerDict({str(r): EqualizedConv2D(3, self.nf[r], kernel=1) for r in self.nf})
@@ -593,7 +622,7 @@ class PGGANDiscriminator(nn.Layer):
 
         def pool(x, rec=record):
             rec(("pool",))
-            return downsample(x)
+            return self.ops["downsample"](x)
 
         r = img.shape[-1]
         x = act(layer(self.from_rgb[str(r)], img))
@@ -623,7 +652,7 @@ class PGGANDiscriminator(nn.Layer):
         """
         tape = []
         self.forward(img, tape)
-        return backward_through(tape, paddle.ones([img.shape[0], 1]))
+        return backward_through(tape, paddle.ones([img.shape[0], 1]), self.ops["upsample"])
 
 
 # ----------------------------------------------------------------------------- the Torch blog's VAE
@@ -785,14 +814,20 @@ def architecture(name):
     return ARCHITECTURES[name]
 
 
-def build(name, **args):
-    """{role: network} of architecture `name` built with `args`, freshly initialised, in the entry's order."""
-    return {role: net(**args) for role, net in architecture(name).networks.items()}
+def build(name, form=None, **args):
+    """{role: network} of architecture `name` built with `args`, freshly initialised, in the entry's order; in
+    `form` where its networks have forms (PGGAN_FORMS), else None."""
+    return {role: _made(net, args, form) for role, net in architecture(name).networks.items()}
 
 
-def build_net(name, role, args):
-    """One network of architecture `name` (its `role`, as "G"), as a checkpoint stores it: arguments only."""
-    return architecture(name).networks[role](**args)
+def build_net(name, role, args, form=None):
+    """One network of architecture `name` (its `role`, as "G"), as a checkpoint stores it: arguments only (and the
+    form it computes in, as build's)."""
+    return _made(architecture(name).networks[role], args, form)
+
+
+def _made(cls, args, form):
+    return cls(**args) if form is None else cls(**args, form=form)
 
 
 def sample(net, z):

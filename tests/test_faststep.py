@@ -374,13 +374,27 @@ def test_resampling_by_products_equals_interpolate_and_pooling(shape):
         np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-6, atol=1e-6)
 
 
-def test_product_resampling_is_undone_after_building():
-    with faststep.product_resampling():
-        assert network.upsample is network.upsample_by_products
-        assert network.downsample is network.downsample_by_products
-    assert network.upsample(paddle.ones([1, 1, 2, 2])).shape == [1, 1, 4, 4]
-    assert network.upsample is not network.upsample_by_products
-    assert network.downsample is not network.downsample_by_products
+@pytest.mark.parametrize("form", ["static", "export"])
+def test_pggan_forms_are_built_by_argument_and_compute_the_references_numbers(form):
+    """PG-GAN's fast forms are networks built with form=..., beside the reference: nothing else changes, and G and D
+    in either form give the reference's outputs and D's input gradient to float rounding."""
+    args = dict(size=16, z_dim=8, fmap_base=32, fmap_max=8)
+    paddle.seed(2)
+    nets = network.build("pggan", **args)
+    fast = network.build("pggan", form, **args)
+    assert nets["G"].form == "ref" and fast["G"].form == fast["D"].form == form
+    assert network.upsample is network.PGGAN_FORMS["ref"]["upsample"]   # the module's functions stay what they are
+    z, img = paddle.randn([4, 8]), paddle.randn([4, 3, 16, 16])
+    for role in ("G", "D"):
+        fast[role].set_state_dict(nets[role].state_dict())
+    for net in (*nets.values(), *fast.values()):
+        net.set_stage(16, 0.5)
+    np.testing.assert_allclose(fast["G"](z).numpy(), nets["G"](z).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast["D"](img).numpy(), nets["D"](img).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast["D"].input_gradient(img).numpy(), nets["D"].input_gradient(img).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="form 'fast' is not one of ref, static, export"):
+        network.build_net("pggan", "G", args, form="fast")
 
 
 @pytest.mark.parametrize("make, conv2d", [
