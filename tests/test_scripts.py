@@ -62,3 +62,55 @@ def test_the_import_graph_has_no_cycle():
     for m in sorted(modules):
         visit(m, [])
     assert {"train", "generator", "evaluate"} <= done and "evaluate" not in graph["train"]
+
+
+# Run-time patches still in the code, each (file, function): what they replace while a static program is built or
+# G is exported. They are the remaining work towards fast forms chosen by argument, as PG-GAN's (network.PGGAN_FORMS):
+# remove an entry when its patch goes; a new patch anywhere fails the test below.
+REMAINING_PATCHES = {
+    ("faststep.py", "legacy_api"),             # paddle.sqrt, tanh, ..., sum and Variable.sum as legacy ops
+    ("faststep.py", "lower"),                  # layers' forward: dropout masks fed in, upsampling, dense first layer
+    ("network.py", "fuse_upsampling_convs"),   # the Torch blog's upsampling + convolution as one transposed convolution
+    ("generator.py", "inference_form"),        # nn.Upsample layers as a reshape and a broadcast in the export
+}
+
+
+def run_time_patches(path):
+    """{(function, target)} of `path`'s assignments (and deletions) to an attribute of an imported module or to a
+    `forward`, and its setattr calls on anything but self: the ways code changes other code at run time."""
+    import ast
+    tree = ast.parse(open(path).read())
+    modules = {a.asname or a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    found = set()
+
+    def visit(node, function):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function = node.name
+        targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        for t in [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]:
+            base = t
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(t, ast.Attribute) and ((isinstance(base, ast.Name) and base.id in modules)
+                                                 or t.attr == "forward"):
+                found.add((function, ast.unparse(t)))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+                and ast.unparse(node.args[0]) != "self"):
+            found.add((function, f"setattr({ast.unparse(node.args[0])}, ...)"))
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    visit(tree, "<module>")
+    return found
+
+
+def test_no_code_patches_paddle_or_a_module_at_run_time_but_the_listed_remainder(tmp_path):
+    found = {(f, function) for f in sorted(os.listdir(ROOT)) if f.endswith(".py")
+             for function, _ in run_time_patches(os.path.join(ROOT, f))}
+    assert found == REMAINING_PATCHES
+    sample = tmp_path / "sample.py"   # the check sees what it looks for
+    sample.write_text("import paddle\nimport network as net\n\ndef f(layer):\n    paddle.tanh = None\n"
+                      "    net.upsample, x = None, 1\n    layer.forward = None\n    setattr(paddle, 'exp', None)\n")
+    assert run_time_patches(str(sample)) == {("f", "paddle.tanh"), ("f", "net.upsample"), ("f", "layer.forward"),
+                                             ("f", "setattr(paddle, ...)")}
