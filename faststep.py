@@ -118,10 +118,7 @@ def lower(net, feed=None):
     `feed(kind, shape, extra)` -> a static input: where a layer draws random numbers (dropout), the
     program takes them as an input that the step draws before each run, in the order the layers ask.
     """
-    fused = network.fuse_upsampling_convs(net)   # the Torch blog's upsampling + 5x5 convolutions: 1.3-1.5x its step
     for layer in net.sublayers():
-        if layer in fused:
-            continue
         if isinstance(layer, nn.Conv2DTranspose) and list(layer._stride) == [1, 1] and not np.any(layer._padding):
             layer.forward = types.MethodType(_dense_forward, layer)
         elif network.nearest_doubling(layer):
@@ -328,9 +325,10 @@ class StaticStep:
         # some of T's ops leave the size unknown to the program; networks that read it (PG-GAN's D) need it
         return out if -1 not in out.shape else out.reshape(x.shape)
 
-    def networks(self, arch, arch_args, roles, form=None):
-        """The architecture's networks of `roles`, in `form` where they have forms (network.build), lowered for
-        this program; weights come from `load`."""
+    def networks(self, arch, arch_args, roles, form="static"):
+        """The architecture's networks of `roles`, in their static form where they have forms (network.build:
+        PG-GAN's matrix-product resampling, the Torch blog's fused upsampling convolutions), lowered for this
+        program; weights come from `load`."""
         nets = network.build(arch, form, **arch_args)
         nets = {role: nets[role] if role in nets else network.build_net(arch, role.split("_")[0], arch_args, form)
                 for role in roles}
@@ -682,7 +680,7 @@ class ProgressiveStep(StaticStep):
         super().__init__(batch, res, augment, functools.partial(self._build, arch, arch_args, lr, beta1, beta2))
 
     def _build(self, arch, arch_args, lr, beta1, beta2):
-        nets = self.networks(arch, arch_args, ("G", "D", "G_ema"), form="static")   # resampling as matrix products
+        nets = self.networks(arch, arch_args, ("G", "D", "G_ema"))
         G, D, G_ema = nets["G"], nets["D"], nets["G_ema"]
         n, res, T = self.batch, self.size, self.T
         alpha = paddle.static.data("alpha", [1], "float32") if self.fading else 1.0

@@ -195,35 +195,20 @@ def ones_noise(z_dim, block=ONES_BLOCK, step=ONES_STEP):
 # ----------------------------------------------------------------------------- fast path
 
 def export_form(G):
-    """G as it is exported: a network with forms (PG-GAN) is rebuilt in its "export" form (network.PGGAN_FORMS:
-    nearest upsampling as a reshape and a broadcast, pixel norm's channel mean as a 1x1 convolution, each
-    upsampling + convolution as one transposed convolution) with G's weights and stage; another is G itself."""
+    """G as it is exported: a network with forms is rebuilt in its "export" form with G's weights (and PG-GAN's
+    stage): PG-GAN's nearest upsampling as a reshape and a broadcast (Paddle Inference 3.3's oneDNN path cannot run
+    nearest_interp: "ConvertPirAttribute2RuntimeAttribute not support"), its pixel norm's channel mean as a 1x1
+    convolution, and, there and in the Torch blog's G, each upsampling + convolution as one transposed convolution
+    of the small image (network.PGGAN_FORMS, network.upsample_block). Another network is G itself."""
     if not hasattr(G, "form"):
         return G
     rng = paddle.get_rng_state()   # building draws initial weights: leave Paddle's generator where it was
     exported = type(G)(**G.args, form="export")
     paddle.set_rng_state(rng)
     exported.set_state_dict(G.state_dict())
-    exported.set_stage(G.res, G.alpha)
+    if hasattr(G, "set_stage"):
+        exported.set_stage(G.res, G.alpha)
     return exported
-
-
-@contextlib.contextmanager
-def inference_form(G):
-    """While paddle.jit.save traces G: nn.Upsample layers as network.nearest_up2, a reshape and a broadcast with
-    the same numbers (Paddle Inference 3.3's oneDNN path cannot run nearest_interp: "ConvertPirAttribute2Runtime
-    Attribute not support" for its scale attribute), and each upsampling followed by a convolution (the Torch blog's
-    upsample_block) as one transposed convolution of the small image (conv_of_upsampled: no upsampled tensor, 2.8x
-    fewer multiplications at 5x5)."""
-    layers = network.fuse_upsampling_convs(G)
-    rest = [layer for layer in G.sublayers() if network.nearest_doubling(layer) and layer not in layers]
-    for layer in rest:
-        layer.forward = network.nearest_up2
-    try:
-        yield
-    finally:
-        for layer in layers + rest:
-            del layer.forward
 
 
 def export(G, prefix):
@@ -231,8 +216,7 @@ def export(G, prefix):
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     G = export_form(G)
     G.eval()
-    with inference_form(G):
-        paddle.jit.save(G, prefix, input_spec=[paddle.static.InputSpec([None, G.args["z_dim"]], "float32")])
+    paddle.jit.save(G, prefix, input_spec=[paddle.static.InputSpec([None, G.args["z_dim"]], "float32")])
     for suffix in (".json", ".pdmodel"):  # Paddle 3 writes .json (PIR), older versions .pdmodel
         if os.path.exists(prefix + suffix):
             return prefix + suffix

@@ -501,11 +501,28 @@ def test_transposed_convolutions_as_convolutions_equal_them(x_shape, weight_shap
         np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
 
 
-def test_the_pairs_fused_in_exports_are_the_upsampling_convolutions():
-    torchblog = network.build_net("torchblog", "G", dict(size=32, z_dim=100, width=8))
-    pairs = network.upsample_conv_pairs(torchblog)
-    assert len(pairs) == 3 and all(network.nearest_doubling(up) and conv._kernel_size == [5, 5] for up, conv in pairs)
-    assert network.upsample_conv_pairs(network.build_net("dcgan", "G", dict(size=32, z_dim=100, width=8))) == []
+@pytest.mark.parametrize("form", ["static", "export"])
+def test_the_torch_blogs_fused_form_is_built_by_argument_and_computes_the_references_numbers(form):
+    """The Torch blog's G in its static and export forms: each upsampling + 5x5 convolution one transposed
+    convolution (no nn.Upsample left), the same parameters, and the reference's faces and gradients to rounding."""
+    args = dict(size=32, z_dim=16, width=8)
+    paddle.seed(5)
+    ref, fused = network.build_net("torchblog", "G", args), network.build_net("torchblog", "G", args, form)
+    assert fused.form == form and list(fused.state_dict()) == list(ref.state_dict())
+    assert not [layer for layer in fused.sublayers() if isinstance(layer, paddle.nn.Upsample)]
+    assert sum(isinstance(b, network.ConvBlock) and b.upsampled_input for b in fused.sublayers()) == 3
+    fused.set_state_dict(ref.state_dict())
+    z = paddle.randn([4, 16])
+    outputs = []
+    for G in (ref, fused):
+        y = G(z)
+        (y * paddle.linspace(-1, 1, y.size).reshape(y.shape)).sum().backward()
+        outputs.append((y.numpy(), [p.grad.numpy() for p in G.parameters() if p.grad is not None]))
+    np.testing.assert_allclose(outputs[1][0], outputs[0][0], rtol=1e-5, atol=1e-5)
+    for ours, reference in zip(outputs[1][1], outputs[0][1]):
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    D = network.build_net("torchblog", "D", args, form)   # a network without forms is built as it is
+    assert not hasattr(D, "form")
 
 
 @pytest.mark.parametrize("shape", [[4, 6, 5, 5], [4, 6]])

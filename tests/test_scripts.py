@@ -70,8 +70,6 @@ def test_the_import_graph_has_no_cycle():
 REMAINING_PATCHES = {
     ("faststep.py", "legacy_api"),             # paddle.sqrt, tanh, ..., sum and Variable.sum as legacy ops
     ("faststep.py", "lower"),                  # layers' forward: dropout masks fed in, upsampling, dense first layer
-    ("network.py", "fuse_upsampling_convs"),   # the Torch blog's upsampling + convolution as one transposed convolution
-    ("generator.py", "inference_form"),        # nn.Upsample layers as a reshape and a broadcast in the export
 }
 
 
