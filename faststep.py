@@ -15,13 +15,13 @@ The balancing tricks (balance.Tricks) run inside the program too: the skip rules
 step's errors before its update, and a skipped update restores what it changed (`keeping`); the
 adaptive L2's coefficient and RMSProp's warm-up rates are inputs (FastStep's docstring).
 
-Any architecture whose ops the program can carry gets the step from `lower`, which rewrites the
-layers that have no static form or no fast kernel: nearest upsampling followed by a same-size
-convolution (the Torch blog's G) becomes one transposed convolution of the small image
-(network.fuse_upsampling_convs), other nearest upsampling a reshape and a broadcast, and dropout
+The program's networks are built in their static form where they have one (network.build's form=:
+PG-GAN's resampling as matrix products, the Torch blog's upsampling + convolution as one transposed
+convolution of the small image). Then `lower` rewrites the layers that have no static form or no
+fast kernel: a transposed convolution of a 1x1 input becomes a matrix product, and dropout
 multiplies by a mask that the step draws from Paddle's generator before each run and feeds in, the
-numbers eager dropout would draw (so a seeded run drops the same units on both paths). Each rewrite
-is tested against the layer it replaces, forward and backward. PG-GAN's gradient penalty takes D's
+numbers eager dropout would draw (so a seeded run drops the same units on both paths). Each form
+and rewrite is tested against the reference layer, forward and backward. PG-GAN's gradient penalty takes D's
 input gradient from PGGANDiscriminator.input_gradient, first-order ops only (no conv2d_grad_grad).
 
 The weights, BatchNorm statistics and Adam moments live in this step's own scope while it
@@ -91,10 +91,6 @@ def unary(op_type, x):
     return legacy_op(op_type, {"X": x}, dtype=x.dtype)
 
 
-def _upsample_forward(self, x):
-    return network.nearest_up2(x)
-
-
 def dropout_mask(shape, p):
     """The scaled keep mask that Paddle's dropout draws for an input (or, for Dropout2D, a mask) of `shape`:
     uniform numbers from the global generator, kept where >= p, times 1 / (1 - p). Drawn in eager mode
@@ -121,8 +117,6 @@ def lower(net, feed=None):
     for layer in net.sublayers():
         if isinstance(layer, nn.Conv2DTranspose) and list(layer._stride) == [1, 1] and not np.any(layer._padding):
             layer.forward = types.MethodType(_dense_forward, layer)
-        elif network.nearest_doubling(layer):
-            layer.forward = types.MethodType(_upsample_forward, layer)
         elif isinstance(layer, (nn.Dropout, nn.Dropout2D)):
             if getattr(layer, "mode", "upscale_in_train") != "upscale_in_train":
                 raise ValueError(f"no static rewrite of {layer!r}")

@@ -291,11 +291,6 @@ def pixel_norm(x, eps=1e-8):
     return x * paddle.rsqrt((x * x).mean(axis=1, keepdim=True) + eps).expand(x.shape)
 
 
-def nearest_doubling(layer):
-    """Whether `layer` is an nn.Upsample that doubles H and W with nearest neighbours, what nearest_up2 computes."""
-    return isinstance(layer, nn.Upsample) and layer.mode == "nearest" and layer.scale_factor in (2, 2.0, [2, 2])
-
-
 def pixel_norm_by_conv(x, eps=1e-8):
     """pixel_norm with the mean over channels of a 4-D x as a 1x1 convolution with weights 1/C: the same
     numbers to float rounding. Exported generators use it, where oneDNN runs the convolution and the mean
