@@ -426,8 +426,8 @@ def up_conv_transposed(conv, x):
 
 
 def conv_of_upsampled(conv, x):
-    """nn.Conv2D `conv` (stride 1, odd kernel, padding k // 2) applied to upsample(x), as one transposed convolution.
-    For upsample_conv_pairs."""
+    """nn.Conv2D `conv` (stride 1, odd kernel, padding k // 2) applied to upsample(x), as one transposed convolution:
+    ConvBlock(upsampled_input=True), the Torch blog's fused form."""
     return convolution_of_upsampled(x, conv.weight, conv.bias)
 
 
