@@ -17,12 +17,12 @@ adaptive L2's coefficient and RMSProp's warm-up rates are inputs (FastStep's doc
 
 The program's networks are built in their static form where they have one (network.build's form=:
 PG-GAN's resampling as matrix products, the Torch blog's upsampling + convolution as one transposed
-convolution of the small image). Then `lower` rewrites the layers that have no static form or no
-fast kernel: a transposed convolution of a 1x1 input becomes a matrix product, and dropout
-multiplies by a mask that the step draws from Paddle's generator before each run and feeds in, the
-numbers eager dropout would draw (so a seeded run drops the same units on both paths). Each form
-and rewrite is tested against the reference layer, forward and backward. PG-GAN's gradient penalty takes D's
-input gradient from PGGANDiscriminator.input_gradient, first-order ops only (no conv2d_grad_grad).
+convolution of the small image, DCGAN G's first layer as one matrix product). Then `lower` rewrites
+the one layer that has no static form: dropout multiplies by a mask that the step draws from
+Paddle's generator before each run and feeds in, the numbers eager dropout would draw (so a seeded
+run drops the same units on both paths). Each form and rewrite is tested against the reference
+layer, forward and backward. PG-GAN's gradient penalty takes D's input gradient from
+PGGANDiscriminator.input_gradient, first-order ops only (no conv2d_grad_grad).
 
 The weights, BatchNorm statistics and Adam moments live in this step's own scope while it
 trains; `load` copies them in from the dygraph networks and optimizers, `store` copies them
@@ -78,14 +78,6 @@ ONEDNN_OPS = ("conv2d", "conv2d_grad")  # oneDNN's batch_norm_grad fails in thes
 
 # ----------------------------------------------------------------------------- rewrites
 
-def _dense_forward(self, x):
-    """A transposed conv of a 1x1 input with padding 0 and stride 1 is one product: x @ weight."""
-    if list(x.shape[2:]) != [1, 1]:
-        return nn.Conv2DTranspose.forward(self, x)
-    c_in, c_out, k, _ = self.weight.shape
-    return paddle.mm(x.reshape([-1, c_in]), self.weight.reshape([c_in, c_out * k * k])).reshape([-1, c_out, k, k])
-
-
 def unary(op_type, x):
     """A legacy static op of one input, X -> Out: Paddle 3's tanh, sigmoid and matmul build only PIR programs."""
     return legacy_op(op_type, {"X": x}, dtype=x.dtype)
@@ -115,9 +107,7 @@ def lower(net, feed=None):
     program takes them as an input that the step draws before each run, in the order the layers ask.
     """
     for layer in net.sublayers():
-        if isinstance(layer, nn.Conv2DTranspose) and list(layer._stride) == [1, 1] and not np.any(layer._padding):
-            layer.forward = types.MethodType(_dense_forward, layer)
-        elif isinstance(layer, (nn.Dropout, nn.Dropout2D)):
+        if isinstance(layer, (nn.Dropout, nn.Dropout2D)):
             if getattr(layer, "mode", "upscale_in_train") != "upscale_in_train":
                 raise ValueError(f"no static rewrite of {layer!r}")
             layer.forward = types.MethodType(functools.partial(_dropout_forward, feed=feed), layer)

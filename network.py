@@ -70,8 +70,11 @@ class ConvBlock(nn.Layer):
     """
 
     def __init__(self, in_ch, out_ch, kernel=4, stride=2, padding=1, norm=True, act="lrelu", transposed=False,
-                 bias=False, upsampled_input=False):
+                 bias=False, upsampled_input=False, dense_input=False):
         super().__init__()
+        # dense_input: a transposed convolution (stride 1, padding 0) of a 1x1 input computed as the one matrix
+        # product it is (DCGAN G's first layer in the static step's form); other inputs take the convolution
+        self.dense_input = dense_input
         # upsampled_input: the block convolves the nearest x2 upsampling of its input, as one transposed convolution
         # of the input itself (conv_of_upsampled; stride 1, odd kernel, same padding): the Torch blog's fused form
         self.upsampled_input = upsampled_input
@@ -84,6 +87,8 @@ class ConvBlock(nn.Layer):
 
     def forward(self, x):
         conv = self.conv
+        if self.dense_input and list(x.shape[2:]) == [1, 1]:
+            return self.act(self.norm(transposed_conv_of_pixels(conv.weight, x)))
         if self.upsampled_input:
             return self.act(self.norm(conv_of_upsampled(conv, x)))
         if conv.bias is None or isinstance(conv, nn.Conv2DTranspose):
@@ -91,6 +96,13 @@ class ConvBlock(nn.Layer):
         # conv's own forward, with the bias added by bias_per_channel
         y = F.conv2d(x, conv.weight, stride=self.stride, padding=self.padding)
         return self.act(self.norm(y + bias_per_channel(conv.bias)))
+
+
+def transposed_conv_of_pixels(weight, x):
+    """The stride-1, padding-0 transposed convolution with `weight` [in, out, k, k] of x [N, in, 1, 1]: x @ weight,
+    [N, out, k, k]."""
+    c_in, c_out, k, _ = weight.shape
+    return paddle.mm(x.reshape([-1, c_in]), weight.reshape([c_in, c_out * k * k])).reshape([-1, c_out, k, k])
 
 
 def up_block(in_ch, out_ch, **kwargs):
@@ -118,11 +130,17 @@ def dcgan_channels(size, width):
 class DCGANGenerator(nn.Layer):
     """z -> 4x4 -> ... -> size x size RGB in [-1, 1]: transposed-conv blocks with BN and ReLU, tanh out."""
 
-    def __init__(self, size=64, z_dim=100, width=64):
+    FORMS = ("ref", "static", "export")   # the static step computes the first layer as one matrix product
+
+    def __init__(self, size=64, z_dim=100, width=64, form="ref"):
         super().__init__()
+        if form not in self.FORMS:
+            raise ValueError(f"form {form!r} is not one of {', '.join(self.FORMS)}")
         self.args = dict(size=size, z_dim=z_dim, width=width)
+        self.form = form   # how it computes, not what: not in args
         ch = dcgan_channels(size, width)
-        blocks = [up_block(z_dim, ch[4], stride=1, padding=0)]           # -> [N, ch[4], 4, 4]: 512 channels at 64/64
+        blocks = [up_block(z_dim, ch[4], stride=1, padding=0,                 # -> [N, ch[4], 4, 4]: 512 at 64/64
+                           dense_input=form == "static")]
         res = 4
         while res < size // 2:
             blocks.append(up_block(ch[res], ch[2 * res]))                # -> [N, ch, 2res, 2res]
