@@ -17,11 +17,10 @@ adaptive L2's coefficient and RMSProp's warm-up rates are inputs (FastStep's doc
 
 The program's networks are built in their static form where they have one (network.build's form=:
 PG-GAN's resampling as matrix products, the Torch blog's upsampling + convolution as one transposed
-convolution of the small image, DCGAN G's first layer as one matrix product). Then `lower` rewrites
-the one layer that has no static form: dropout multiplies by a mask that the step draws from
-Paddle's generator before each run and feeds in, the numbers eager dropout would draw (so a seeded
-run drops the same units on both paths). Each form and rewrite is tested against the reference
-layer, forward and backward. PG-GAN's gradient penalty takes D's input gradient from
+convolution of the small image, DCGAN G's first layer as one matrix product), and their dropout as
+network.FedDropout: a mask that the step draws from Paddle's generator before each run and feeds
+in, the numbers eager dropout would draw (so a seeded run drops the same units on both paths).
+Each form is tested against the reference, forward and backward. PG-GAN's gradient penalty takes D's input gradient from
 PGGANDiscriminator.input_gradient, first-order ops only (no conv2d_grad_grad).
 
 The weights, BatchNorm statistics and Adam moments live in this step's own scope while it
@@ -40,12 +39,10 @@ Example:
 import contextlib
 import functools
 import os
-import types
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import numpy as np
 import paddle
-import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.base.backward import _create_op_desc_
 from paddle.base.framework import Operator, Variable
@@ -89,34 +86,6 @@ def dropout_mask(shape, p):
     and fed to the program, so the static step drops what the eager step drops, from the same seed."""
     keep = (paddle.uniform(shape, min=0.0, max=1.0) >= p).numpy().astype(np.float32)
     return keep / (1.0 - p) if p < 1.0 else keep * 0.0
-
-
-def mask_shape(layer, x):
-    """The shape of the mask that dropout `layer` draws for `x`: one number per element, or per channel (2-D)."""
-    if isinstance(layer, nn.Dropout2D):
-        return [x.shape[0], x.shape[1], 1, 1]
-    if layer.axis is not None:  # Dropout along chosen axes
-        raise ValueError(f"no static rewrite of {layer!r}")
-    return list(x.shape)
-
-
-def lower(net, feed=None):
-    """Rewrite `net`'s layers in place for the static program (see the module docstring).
-
-    `feed(kind, shape, extra)` -> a static input: where a layer draws random numbers (dropout), the
-    program takes them as an input that the step draws before each run, in the order the layers ask.
-    """
-    for layer in net.sublayers():
-        if isinstance(layer, (nn.Dropout, nn.Dropout2D)):
-            if getattr(layer, "mode", "upscale_in_train") != "upscale_in_train":
-                raise ValueError(f"no static rewrite of {layer!r}")
-            layer.forward = types.MethodType(functools.partial(_dropout_forward, feed=feed), layer)
-
-
-def _dropout_forward(self, x, feed):
-    if not self.training or self.p == 0:
-        return x
-    return x * feed("mask", mask_shape(self, x), self.p)
 
 
 # ----------------------------------------------------------------------------- transposed convolutions
@@ -311,14 +280,12 @@ class StaticStep:
 
     def networks(self, arch, arch_args, roles, form="static"):
         """The architecture's networks of `roles`, in their static form where they have forms (network.build:
-        PG-GAN's matrix-product resampling, the Torch blog's fused upsampling convolutions), lowered for this
-        program; weights come from `load`."""
-        nets = network.build(arch, form, **arch_args)
-        nets = {role: nets[role] if role in nets else network.build_net(arch, role.split("_")[0], arch_args, form)
+        PG-GAN's matrix-product resampling, the Torch blog's fused upsampling convolutions, DCGAN G's first layer
+        as a product) and with dropout masks as program inputs; weights come from `load`."""
+        mask = functools.partial(self.input, "mask")
+        nets = network.build(arch, form, mask, **arch_args)
+        return {role: nets[role] if role in nets else network.build_net(arch, role.split("_")[0], arch_args, form, mask)
                 for role in roles}
-        for net in nets.values():
-            lower(net, self.input)
-        return nets
 
     def register(self, nets, opts):
         """Remember the program's names of the networks' state and of the optimizers' accumulators."""

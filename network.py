@@ -22,6 +22,7 @@ pooling; `set_stage(res, alpha)` chooses the resolution and fade (progressive.py
 Example:
     python -c "import network; print(network.build('dcgan', size=64)['G'])"
 """
+import functools
 import inspect
 import warnings
 from dataclasses import dataclass, field
@@ -202,11 +203,33 @@ def upsample_block(in_ch, out_ch, kernel=5, fused=False):
                                    upsampled_input=fused))
 
 
-def pool_block(in_ch, out_ch, kernel=5, dropout=0.2):
+class FedDropout(nn.Layer):
+    """Dropout (upscaled in training) in the static step's form: its input times a mask that `mask(shape, p)` gives,
+    a program input that the step draws as Paddle's own dropout would (faststep.dropout_mask), so that a seeded run
+    drops the same units on both steps. `channels`: one number per channel, as nn.Dropout2D."""
+
+    def __init__(self, p, mask, channels=False):
+        super().__init__()
+        self.p, self.mask, self.channels = p, mask, channels
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return x * self.mask(list(x.shape[:2]) + [1, 1] if self.channels else list(x.shape), self.p)
+
+
+def dropout(p, channels=False, mask=None):
+    """nn.Dropout (nn.Dropout2D with `channels`), or with `mask` its static form, FedDropout."""
+    if mask is not None:
+        return FedDropout(p, mask, channels)
+    return nn.Dropout2D(p) if channels else nn.Dropout(p)
+
+
+def pool_block(in_ch, out_ch, kernel=5, dropout_p=0.2, mask=None):
     """A same-size conv (with bias, no norm) -> 2x2 max-pool -> ReLU -> spatial dropout, halving H and W."""
     return nn.Sequential(ConvBlock(in_ch, out_ch, kernel, stride=1, padding=kernel // 2, norm=False, act=None,
                                    bias=True),
-                         nn.MaxPool2D(2), activation("relu"), nn.Dropout2D(dropout))
+                         nn.MaxPool2D(2), activation("relu"), dropout(dropout_p, channels=True, mask=mask))
 
 
 def torchblog_channels(width):
@@ -251,15 +274,16 @@ class TorchBlogDiscriminator(nn.Layer):
     At size 64 and width 64: 3x64x64 -> 32x32x32 -> 64x16x16 -> 96x8x8 -> 1024 -> 1. No BatchNorm.
     """
 
-    def __init__(self, size=64, z_dim=100, width=64):
+    def __init__(self, size=64, z_dim=100, width=64, mask=None):
+        """`mask`: the static step's dropout masks (FedDropout); None for Paddle's own dropout."""
         super().__init__()
         check_size(size)
         self.args = dict(size=size, z_dim=z_dim, width=width)
         ch = torchblog_channels(width)
         chans = [3] + ch["D"]
-        self.main = nn.Sequential(*[pool_block(a, b) for a, b in zip(chans, chans[1:])])
+        self.main = nn.Sequential(*[pool_block(a, b, mask=mask) for a, b in zip(chans, chans[1:])])
         self.head = nn.Sequential(nn.Linear(chans[-1] * (size // 8) ** 2, ch["hidden"]), activation("relu"),
-                                  nn.Dropout(0.5), nn.Linear(ch["hidden"], 1))
+                                  dropout(0.5, mask=mask), nn.Linear(ch["hidden"], 1))
         self.apply(dcgan_init)
 
     def forward(self, x):
@@ -733,12 +757,14 @@ class Conv128Generator(nn.Layer):
 class Conv128Discriminator(nn.Layer):
     """The series' convolutional D: three 8x8 stride-2 convolutions with spatial dropout 0.3, 3x10x10 -> one logit."""
 
-    def __init__(self, size=128, z_dim=100):
+    def __init__(self, size=128, z_dim=100, mask=None):
+        """`mask`: the static step's dropout masks (FedDropout); None for Paddle's own dropout."""
         super().__init__()
         self.args = dict(size=size, z_dim=z_dim)
-        self.main = nn.Sequential(conv128_block(3, 256), nn.Dropout2D(0.3),              # -> [N, 256, 61, 61]
-                                  conv128_block(256, 256), nn.Dropout2D(0.3),            # -> [N, 256, 27, 27]
-                                  conv128_block(256, 3, norm=False), nn.Dropout2D(0.3))  # -> [N, 3, 10, 10]
+        drop = functools.partial(dropout, 0.3, channels=True, mask=mask)
+        self.main = nn.Sequential(conv128_block(3, 256), drop(),              # -> [N, 256, 61, 61]
+                                  conv128_block(256, 256), drop(),            # -> [N, 256, 27, 27]
+                                  conv128_block(256, 3, norm=False), drop())  # -> [N, 3, 10, 10]
         self.head = nn.Linear(3 * 10 * 10, 1)
         self.apply(torch_default_init)
 
@@ -808,22 +834,23 @@ def architecture(name):
     return ARCHITECTURES[name]
 
 
-def build(name, form=None, **args):
-    """{role: network} of architecture `name` built with `args`, freshly initialised, in the entry's order; in
-    `form` where its networks have forms (PGGAN_FORMS), else None."""
-    return {role: _made(net, args, form) for role, net in architecture(name).networks.items()}
+def build(name, form=None, mask=None, **args):
+    """{role: network} of architecture `name` built with `args`, freshly initialised, in the entry's order. The
+    static step and the export also say how they compute, to the networks whose constructors take it: `form`
+    ("static", "export"; PGGAN_FORMS, the DCGAN and Torch blog generators) and `mask` (FedDropout's masks)."""
+    return {role: _made(net, args, form=form, mask=mask) for role, net in architecture(name).networks.items()}
 
 
-def build_net(name, role, args, form=None):
-    """One network of architecture `name` (its `role`, as "G"), as a checkpoint stores it: arguments only (and the
-    form it computes in, as build's)."""
-    return _made(architecture(name).networks[role], args, form)
+def build_net(name, role, args, form=None, mask=None):
+    """One network of architecture `name` (its `role`, as "G"), as a checkpoint stores it: arguments only (and how
+    it computes, as build's)."""
+    return _made(architecture(name).networks[role], args, form=form, mask=mask)
 
 
-def _made(cls, args, form):
-    """cls(**args), in `form` when given and cls has forms (its constructor takes form=)."""
-    has_forms = "form" in inspect.signature(cls.__init__).parameters
-    return cls(**args, form=form) if form is not None and has_forms else cls(**args)
+def _made(cls, args, **how):
+    """cls(**args), given those of `how` that are set and that its constructor takes."""
+    takes = inspect.signature(cls.__init__).parameters
+    return cls(**args, **{k: v for k, v in how.items() if v is not None and k in takes})
 
 
 def sample(net, z):

@@ -532,22 +532,23 @@ def test_pixel_norm_by_convolution_equals_pixel_norm(shape):
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("layer", [paddle.nn.Dropout(0.5), paddle.nn.Dropout2D(0.2)])
-def test_dropout_from_a_fed_mask_drops_what_paddle_drops(layer):
-    """The static step's dropout: a mask drawn from the same generator, fed in; forward and backward equal."""
+@pytest.mark.parametrize("channels", [False, True])
+def test_dropout_from_a_fed_mask_drops_what_paddle_drops(channels):
+    """The static step's dropout (network.FedDropout): a mask drawn from the same generator, fed in; forward and
+    backward equal Paddle's own dropout's."""
     x = paddle.randn([6, 4, 5, 5])
     x.stop_gradient = False
     weights = paddle.randn([6, 4, 5, 5])
     results = []
-    for lowered in (False, True):
-        if lowered:
-            faststep.lower(paddle.nn.Sequential(layer), lambda kind, shape, p: paddle.to_tensor(
-                faststep.dropout_mask(shape, p)))
+    p = 0.2 if channels else 0.5
+    for layer in (network.dropout(p, channels),
+                  network.dropout(p, channels, mask=lambda shape, p: paddle.to_tensor(faststep.dropout_mask(shape, p)))):
         paddle.seed(3)
         y = layer(x)
         (y * weights).sum().backward()
         results.append((y.numpy(), x.grad.numpy().copy()))
         x.clear_gradient()
+    assert isinstance(layer, network.FedDropout)
     np.testing.assert_array_equal(results[1][0], results[0][0])
     np.testing.assert_array_equal(results[1][1], results[0][1])
     zeros = (results[0][0] == 0).mean()

@@ -69,7 +69,6 @@ def test_the_import_graph_has_no_cycle():
 # remove an entry when its patch goes; a new patch anywhere fails the test below.
 REMAINING_PATCHES = {
     ("faststep.py", "legacy_api"),             # paddle.sqrt, tanh, ..., sum and Variable.sum as legacy ops
-    ("faststep.py", "lower"),                  # dropout layers' forward: their masks fed in
 }
 
 
