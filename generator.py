@@ -331,7 +331,12 @@ def main(argv=None):
         parser.exit(2, f"{parser.prog}: error: --engine inference does not run --arch {state['arch']} "
                        f"(Paddle Inference fails to build it; see network.ARCHITECTURES); use --engine dygraph\n")
     forward, engine = None, "dygraph"
-    if cfg.engine == "inference" or (cfg.engine == "auto" and device == "cpu" and inference):
+    untested = runtime.untested_paddle(paddle.__version__)
+    if cfg.engine == "inference" and untested:
+        parser.exit(2, f"{parser.prog}: error: --engine inference cannot run: {untested}; use --engine dygraph\n")
+    if cfg.engine == "auto" and device == "cpu" and inference and untested:
+        print(f"generating in eager mode: Paddle Inference is off because {untested}", file=sys.stderr)
+    elif cfg.engine == "inference" or (cfg.engine == "auto" and device == "cpu" and inference):
         try:
             forward = fast_generator(G, cfg.checkpoint)
             engine = "Paddle Inference, oneDNN, " + ("bfloat16" if forward.bf16 else "float32")

@@ -26,7 +26,7 @@ import functools
 import os
 import sys
 
-import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
+import runtime  # before Paddle: thread and MKL settings
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -91,17 +91,13 @@ def ema_update(G_ema, G, beta=EMA_BETA):
             e.set_value(p if p.stop_gradient else e * beta + p * (1.0 - beta))
 
 
-# Paddle releases the static CPU step (faststep.py) passed the tests on: it builds on Paddle's private legacy-program
-# API, which other releases may have moved or changed. Elsewhere training takes the eager step, which is public API.
-STATIC_STEP_PADDLE = ("3.3.1",)
-
-
 def static_step_problem(version=None):
-    """Why this Paddle cannot run the static CPU step (None when it can): an untested release, or faststep.py not
-    importing. faststep is imported here first, and only when a static step is wanted."""
-    version = version or paddle.__version__
-    if version not in STATIC_STEP_PADDLE:
-        return f"it is tested on Paddle {', '.join(STATIC_STEP_PADDLE)}, not {version}"
+    """Why this Paddle cannot run the static CPU step (None when it can): a release other than runtime.TESTED_PADDLE
+    (the step builds on Paddle's private legacy-program API, which other releases may have moved), or faststep.py
+    not importing. faststep is imported here first, and only when a static step is wanted."""
+    untested = runtime.untested_paddle(version or paddle.__version__)
+    if untested:
+        return untested
     try:
         static_steps()
     except (ImportError, AttributeError) as e:
