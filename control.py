@@ -91,11 +91,6 @@ class Processes:
     def main(self):
         return self.rank == 0
 
-    @property
-    def reduce(self):
-        """The gradient-averaging function for update helpers, or None with one process."""
-        return self.average_gradients if self.world > 1 else None
-
     def wrap(self, net):
         """paddle.DataParallel(net) with several processes (it starts them from rank 0's weights)."""
         if self.world == 1:
@@ -111,10 +106,10 @@ class Processes:
             stack.enter_context(replica.no_sync())
         return stack
 
-    def average_gradients(self, opt):
-        """Average the gradients of opt's parameters over the processes."""
+    def average_gradients(self, parameters):
+        """Average the gradients of `parameters` (those one optimizer updates) over the processes."""
         with paddle.no_grad():
-            for p in opt._parameter_list:
+            for p in parameters:
                 if p.grad is not None:
                     self.dist.all_reduce(p.grad)
                     p.grad.scale_(1.0 / self.world)

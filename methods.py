@@ -162,6 +162,15 @@ class Method:
         self.ada = AdaController(self.T)
         self.lecam = LeCam(cfg.lecam) if getattr(cfg, "lecam", None) else None
 
+    @property
+    def reduce(self):
+        """The update helpers' gradient averaging over several processes, `reduce(opt)`: each optimizer updates the
+        network of its name. None with one process."""
+        if self.procs.world == 1:
+            return None
+        parameters = {id(opt): self.nets[name].parameters() for name, opt in self.opts.items()}
+        return lambda opt: self.procs.average_gradients(parameters[id(opt)])
+
     def average_G(self):
         """Add G's exponential moving average, "G_ema", which samples, evaluation and generator.py then draw with."""
         G_ema = network.build_net(self.arch, "G", self.args)
@@ -433,7 +442,7 @@ class BCEMethod(Method):
             cfg, procs = self.cfg, self.procs
             self.own_noise(pos)
             stats = bce_iteration(self.G_run, self.D_run, self.opts["G"], self.opts["D"], real, cfg.z_dim,
-                                  cfg.d_steps, cfg.g_steps, self.tricks, procs.reduce, procs.mean, self.T, self.lecam)
+                                  cfg.d_steps, cfg.g_steps, self.tricks, self.reduce, procs.mean, self.T, self.lecam)
             checks = weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
         if "G_ema" in self.nets:
             ema_update(self.nets["G_ema"], self.nets["G"], ema_beta(pos.iteration))
@@ -521,7 +530,7 @@ class VAEMethod(Method):
             self.stale = True
             return vae_stats(out["loss"], out["kl"], out["reconstruction"]), {"E": out["E_check"], "G": out["G_check"]}
         loss, kl, rec = vae_losses(self.E_run, self.G_run, real, paddle.randn)
-        update(list(self.opts.values()), loss, self.procs.reduce)
+        update(list(self.opts.values()), loss, self.reduce)
         return vae_stats(loss, kl, rec), weight_checks(self.nets)
 
     def plots(self, history, folder):
@@ -662,9 +671,10 @@ class VAEGANMethod(Method):
                                                        cfg.d_reconstructions)
         (0.5 * err_real + 0.5 * err_fake).backward()
         update_d, update_g = tricks.decide(*agreed([float(err_real), float(err_fake)], tricks, procs.mean))
+        reduce = self.reduce
         for name, stepping in (("E", True), ("G", update_g), ("D", update_d)):
-            if procs.reduce:  # every process joins every reduction, whatever the rule decided
-                procs.reduce(self.opts[name])
+            if reduce:  # every process joins every reduction, whatever the rule decided
+                reduce(self.opts[name])
             if stepping:
                 self.opts[name].step()
         probs = F.sigmoid(logits)

@@ -193,7 +193,7 @@ class ProgressiveMethod(Method):
         if self.path == "static":
             return self.static_step(real, pos, res, alpha)
         stats = iteration(self.G_run, self.D_run, self.nets["G_ema"], self.opts["G"], self.opts["D"], real,
-                          self.cfg.z_dim, res, alpha, pos.iteration, self.procs.reduce, self.T, self.lecam)
+                          self.cfg.z_dim, res, alpha, pos.iteration, self.reduce, self.T, self.lecam)
         stats = self.regularised(dict(stats, res=res, alpha=round(alpha, 4)), real.shape[0])
         return stats, weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
 
