@@ -20,8 +20,8 @@ PG-GAN's resampling as matrix products, the Torch blog's upsampling + convolutio
 convolution of the small image, DCGAN G's first layer as one matrix product), and their dropout as
 network.FedDropout: a mask that the step draws from Paddle's generator before each run and feeds
 in, the numbers eager dropout would draw (so a seeded run drops the same units on both paths).
-Each form is tested against the reference, forward and backward. PG-GAN's gradient penalty takes D's input gradient from
-PGGANDiscriminator.input_gradient, first-order ops only (no conv2d_grad_grad).
+Each form is tested against the reference, forward and backward. PG-GAN's gradient penalty takes
+D's input gradient from PGGANDiscriminator.input_gradient, first-order ops only (no conv2d_grad_grad).
 
 The weights, BatchNorm statistics and Adam moments live in this step's own scope while it
 trains; `load` copies them in from the dygraph networks and optimizers, `store` copies them

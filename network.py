@@ -63,6 +63,18 @@ def bias_per_channel(bias):
     return bias.reshape([-1, 1, 1])
 
 
+# The forms a network with a faster way to compute can be built in (form=): the reference, which eager training
+# uses and tests hold the others to; the static CPU step's; the export's. What each changes is the network's own.
+FORMS = ("ref", "static", "export")
+
+
+def check_form(form):
+    """`form`, or ValueError naming the forms."""
+    if form not in FORMS:
+        raise ValueError(f"form {form!r} is not one of {', '.join(FORMS)}")
+    return form
+
+
 class ConvBlock(nn.Layer):
     """Convolution -> BatchNorm (optional) -> activation.
 
@@ -131,14 +143,10 @@ def dcgan_channels(size, width):
 class DCGANGenerator(nn.Layer):
     """z -> 4x4 -> ... -> size x size RGB in [-1, 1]: transposed-conv blocks with BN and ReLU, tanh out."""
 
-    FORMS = ("ref", "static", "export")   # the static step computes the first layer as one matrix product
-
     def __init__(self, size=64, z_dim=100, width=64, form="ref"):
         super().__init__()
-        if form not in self.FORMS:
-            raise ValueError(f"form {form!r} is not one of {', '.join(self.FORMS)}")
         self.args = dict(size=size, z_dim=z_dim, width=width)
-        self.form = form   # how it computes, not what: not in args
+        self.form = check_form(form)   # how it computes, not what: not in args; "static": first layer as a product
         ch = dcgan_channels(size, width)
         blocks = [up_block(z_dim, ch[4], stride=1, padding=0,                 # -> [N, ch[4], 4, 4]: 512 at 64/64
                            dense_input=form == "static")]
@@ -246,15 +254,11 @@ class TorchBlogGenerator(nn.Layer):
     The tanh is ours: the blog's images were in [0, 1], ours are in [-1, 1].
     """
 
-    FORMS = ("ref", "static", "export")   # the static step and the export fuse each upsampling + convolution
-
     def __init__(self, size=64, z_dim=100, width=64, form="ref"):
         super().__init__()
         check_size(size)
-        if form not in self.FORMS:
-            raise ValueError(f"form {form!r} is not one of {', '.join(self.FORMS)}")
         self.args = dict(size=size, z_dim=z_dim, width=width)
-        self.form = form   # how it computes, not what: not in args
+        self.form = check_form(form)   # how it computes, not what: not in args; "static", "export": fused blocks
         ch = torchblog_channels(width)
         self.start = size // 8
         self.dense = nn.Linear(z_dim, ch["dense"] * self.start ** 2)
@@ -530,9 +534,7 @@ PGGAN_FORMS = {
 
 def pggan_ops(form):
     """PGGAN_FORMS[form]; ValueError naming the forms."""
-    if form not in PGGAN_FORMS:
-        raise ValueError(f"form {form!r} is not one of {', '.join(PGGAN_FORMS)}")
-    return PGGAN_FORMS[form]
+    return PGGAN_FORMS[check_form(form)]
 
 
 def fading(alpha):
