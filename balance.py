@@ -17,13 +17,14 @@ Pure rules, each a small function with table tests (tests/test_balance.py):
 
 `Tricks` holds the options and the state they carry across iterations (the L2 coefficient,
 update and skip counts), which checkpoints keep so that a resumed run continues exactly.
-`Tricks()` is the tutorial's plain GAN: train.train_iteration then computes exactly what it
+`Tricks()` is the tutorial's plain GAN: methods.bce_iteration then computes exactly what it
 computes without tricks.
 
 Example:
     tricks = Tricks(balance="margin", margin=0.3, optimizer="rmsprop")
-    stats = train.train_iteration(G, D, opt_G, opt_D, real, 100, tricks=tricks)
+    skip_d, skip_g = tricks.skips(err_real=0.2, err_fake=0.5)   # (True, False): D wins, G catches up
 """
+import operator
 from dataclasses import asdict, dataclass, replace
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
@@ -38,22 +39,32 @@ WARMUP = ((10, 50.0), (30, 5.0))              # (until this many updates, divide
 COUNTERS = ("coef_l2", "d_updates", "g_updates", "d_skips", "g_skips")   # Tricks' running state
 
 
+def python_logic():
+    """The boolean operations of `skip_flags` on Python's bools: (or, and, not)."""
+    return operator.or_, operator.and_, operator.not_
+
+
+def skip_flags(err_real, err_fake, low, high, logic=None):
+    """(skip D, skip G) for one batch's D errors and a rule's band (Tricks.band): D's update is skipped while either
+    error is below `low` (D already wins), G's while either is above `high` (D is lost: G learns nothing from it);
+    when both would be skipped, both update. The one definition of the skip rules: the eager step decides on the
+    errors' float values, the static program on its tensors with `logic`, its (or, and, not)."""
+    either, both, negate = logic or python_logic()
+    below = either(err_real < low, err_fake < low)
+    above = either(err_real > high, err_fake > high)
+    return both(below, negate(above)), both(above, negate(below))
+
+
 def margin_rule(err_real, err_fake, margin):
     """(update D, update G) by the blog's rule for one batch's D errors."""
-    update_d = not (err_fake < margin or err_real < margin)          # D already wins: let G catch up
-    update_g = not (err_fake > 1 - margin or err_real > 1 - margin)  # D is lost: G learns nothing from it
-    if not update_d and not update_g:
-        return True, True
-    return update_d, update_g
+    skip_d, skip_g = skip_flags(err_real, err_fake, margin, 1 - margin)
+    return not skip_d, not skip_g
 
 
 def equilibrium_rule(err_real, err_fake, margin, equilibrium=EQUILIBRIUM):
     """(update D, update G) by the VAE/GAN code's rule for one batch's D errors."""
-    update_d = not (err_real < equilibrium - margin or err_fake < equilibrium - margin)   # D wins by too much
-    update_g = not (err_real > equilibrium + margin or err_fake > equilibrium + margin)   # D loses by too much
-    if not update_d and not update_g:
-        return True, True
-    return update_d, update_g
+    skip_d, skip_g = skip_flags(err_real, err_fake, equilibrium - margin, equilibrium + margin)
+    return not skip_d, not skip_g
 
 
 def l2_step(coef, loss_g):
@@ -122,13 +133,17 @@ class Tricks:
         return (label_targets(logits_real, self.real_label, self.label_jitter, self.flip_labels),
                 label_targets(logits_fake, 0.0, self.label_jitter, self.flip_labels))
 
-    def decide(self, err_real, err_fake):
-        """(update D, update G) for this iteration, counting skips."""
-        rule = {"margin": margin_rule, "equilibrium": equilibrium_rule}.get(self.balance)
-        update_d, update_g = rule(err_real, err_fake, self.margin) if rule else (True, True)
-        self.d_skips += not update_d
-        self.g_skips += not update_g
-        return update_d, update_g
+    def skips(self, err_real, err_fake, logic=None):
+        """(skip D, skip G) by this rule for one batch's D errors (skip_flags), or (None, None) for a rule that
+        never skips. Counting the skips is the iteration's end's (`count_skips`)."""
+        if not self.skipping:
+            return None, None
+        return skip_flags(err_real, err_fake, *self.band(), logic)
+
+    def count_skips(self, skips_d, skips_g):
+        """Count an iteration's skipped updates: its flags (bools or None) per D step."""
+        self.d_skips += sum(bool(f) for f in skips_d if f is not None)
+        self.g_skips += sum(bool(f) for f in skips_g if f is not None)
 
     @property
     def skipping(self):
@@ -141,19 +156,20 @@ class Tricks:
             return EQUILIBRIUM - self.margin, EQUILIBRIUM + self.margin
         return self.margin, 1 - self.margin
 
-    def penalty(self, D):
-        """coefL2 * ||theta_D||^2 / 2 for D's loss, or None."""
-        if self.balance != "l2" or self.coef_l2 == 0.0:
-            return None
-        return self.coef_l2 * paddle.add_n([(p * p).sum() for p in D.parameters() if p.trainable]) / 2
-
     def step(self, opt, net):
         """opt.step() with the warm-up learning rate; `net` is 'D' or 'G'."""
-        count = f"{net.lower()}_updates"
         if self.optimizer == "rmsprop":
-            opt.set_lr(rmsprop_lr(self.lr, getattr(self, count)))
+            opt.set_lr(rmsprop_lr(self.lr, self.updates(net)))
         opt.step()
-        setattr(self, count, getattr(self, count) + 1)
+        self.count_updates(net, 1)
+
+    def updates(self, net):
+        """How many updates of `net` ('D' or 'G') were counted."""
+        return getattr(self, f"{net.lower()}_updates")
+
+    def count_updates(self, net, count):
+        """Count `count` more updates of `net` ('D' or 'G')."""
+        setattr(self, f"{net.lower()}_updates", self.updates(net) + count)
 
     def after(self, loss_g):
         """End of an iteration whose G loss was `loss_g`: the L2 coefficient follows it."""
@@ -166,6 +182,11 @@ class Tricks:
     def continued(self, state):
         """These options with the running state (L2 coefficient, update and skip counts) of a checkpoint's `state`."""
         return replace(self, **{k: v for k, v in state.items() if k in COUNTERS})
+
+
+def l2_penalty(D, coef):
+    """The blog's adaptive L2 term of D's loss, coef * ||theta_D||^2 / 2 (coef a number, or the static program's input)."""
+    return coef * paddle.add_n([(p * p).sum() for p in D.parameters() if p.trainable]) / 2
 
 
 def make_optimizer(name, lr, beta1, beta2, parameters):
@@ -192,6 +213,11 @@ def lecam_term(out_real, out_fake, ema_real, ema_fake):
             + (paddle.nn.functional.relu(ema_real - out_fake) ** 2).mean())
 
 
+def lecam_average(average, mean, decay):
+    """A LeCam moving average after a batch whose mean output is `mean` (numbers, or the static program's tensors)."""
+    return decay * average + (1 - decay) * mean
+
+
 class LeCam:
     """--lecam W: W * lecam_term with moving averages of D's mean output on reals and on fakes.
 
@@ -209,8 +235,8 @@ class LeCam:
     def follow(self, mean_real, mean_fake):
         """Move the averages by one batch's mean outputs."""
         decay = self.next_decay()
-        self.real = decay * (self.real or 0.0) + (1 - decay) * mean_real
-        self.fake = decay * (self.fake or 0.0) + (1 - decay) * mean_fake
+        self.real, self.fake = (lecam_average(v or 0.0, mean, decay)
+                                for v, mean in ((self.real, mean_real), (self.fake, mean_fake)))
 
     def __call__(self, out_real, out_fake):
         """The weighted term for this batch's outputs, after the averages took them."""

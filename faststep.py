@@ -1,19 +1,15 @@
-"""The CPU training step: methods.bce_iteration as one static program with oneDNN convolutions.
+"""The static CPU training step: a method's own iteration recorded as one static program with oneDNN convolutions,
+and the Paddle internals that takes (the one module that uses Paddle's private or legacy-program API).
 
 Paddle's eager mode runs every convolution through im2col + MKL GEMM one sample at a time
-and never uses oneDNN, which is what makes a CPU DCGAN step slow. This module builds the
-same iteration as methods.bce_iteration (D update on a real and a fake batch, then the G
-updates, the first reusing the D update's fakes) as a legacy static program, and marks its
+and never uses oneDNN, which is what makes a CPU GAN step slow. Each training method writes its
+iteration once (methods.Method.iteration: methods.bce_iteration, progressive.iteration, the VAE's and
+the VAE/GAN's); `Recording` runs that same function while a legacy static program is being recorded,
+answering its calls (noise, updates, skip rules, ...) with program ops, and marks the program's
 conv2d ops and their gradients to run on oneDNN (its batch_norm_grad fails in these programs).
 G's transposed convolutions, which oneDNN runs only for inference, become the conv2d ops they
 are the adjoints of (transposed_convs_as_convs), so they run on oneDNN too, forward and backward.
-G's first layer, a transposed convolution of a 1x1 input, runs as the one matrix product it is
-(Paddle's kernel does a matrix-vector product per sample), with the same parameter. Measured
-alternatives are in benchmarks/README.md.
-
-The balancing tricks (balance.Tricks) run inside the program too: the skip rules decide from each D
-step's errors before its update, and a skipped update restores what it changed (`keeping`); the
-adaptive L2's coefficient and RMSProp's warm-up rates are inputs (FastStep's docstring).
+Measured alternatives are in benchmarks/README.md.
 
 The program's networks are built in their static form where they have one (network.build's form=:
 PG-GAN's resampling as matrix products, the Torch blog's upsampling + convolution as one transposed
@@ -23,18 +19,22 @@ in, the numbers eager dropout would draw (so a seeded run drops the same units o
 Each form is tested against the reference, forward and backward. PG-GAN's gradient penalty takes
 D's input gradient from PGGANDiscriminator.input_gradient, first-order ops only (no conv2d_grad_grad).
 
-The weights, BatchNorm statistics and Adam moments live in this step's own scope while it
-trains; `load` copies them in from the dygraph networks and optimizers, `store` copies them
+The weights, BatchNorm statistics and optimizer moments live in this step's own scope while it
+trains; `load` copies them in from the eager networks and optimizers, `store` copies them
 back (before samples, evaluation and checkpoints), so everything else in the project keeps
-using the dygraph objects. Noise comes from paddle.randn in the same order as the dygraph
-step, so a seeded run draws the same numbers on both paths. Losses and weights agree with
-the dygraph step to float tolerance (tests/test_faststep.py).
+using the eager objects. Random numbers come from Paddle's generator in the eager step's order,
+so a seeded run draws the same numbers on both paths. Losses and weights agree with the eager
+step to float tolerance (tests/test_faststep.py); train.py's seeded runs are bit-identical to
+those of the hand-written programs this module held before (tests/reference.py records them).
 
-Example:
-    step = FastStep("dcgan", G.args, batch=128, lr=2e-4, beta1=0.5, beta2=0.999)
-    step.load({"G": G, "D": D}, {"G": opt_G, "D": opt_D})
-    stats = step(real_batch)   # loss_D, D_real, D_fake, err_R, err_F, loss_G, sign_real, G_check, D_check
-    step.store({"G": G, "D": D}, {"G": opt_G, "D": opt_D})
+methods.static_steps() imports this module, only when a static step is built, and only on the
+Paddle releases the tests passed on (runtime.TESTED_PADDLE).
+
+Example (what methods.Method.step does with --step static):
+    step = Recording(method, shape=[128, 3, 64, 64], structure={})
+    step.load(method.nets, method.opts)
+    values, checks = step(real_batch, method.numbers(position))
+    step.store(method.nets, method.opts)
 """
 import contextlib
 import functools
@@ -52,7 +52,7 @@ from paddle.static.nn.control_flow import select_input
 import augment
 import checkpoint
 import network
-from balance import Tricks, lecam_term, make_optimizer, rmsprop_lr
+from balance import lecam_average, lecam_term, rmsprop_lr
 
 
 # Free the program's intermediate tensors in batches of this many GiB, not one by one (Paddle's default, 0). On the
@@ -223,11 +223,9 @@ class StaticStep:
     Subclasses build the program in `_build` with `self.input` (a random input), `self.T` (augmentation),
     `self.register` (which networks and optimizers it holds), and set `self.fetch`.
     """
-    onednn = ONEDNN_OPS   # the ops that run on oneDNN
-    labels = None         # balance.Tricks whose label tricks draw D's targets (FastStep's)
     rewind_from = None    # the draw from which `rewind` holds the generator's state (numbers a run may give back)
 
-    def __init__(self, batch, size, augment, build):
+    def __init__(self, batch, size, augment, build, onednn=ONEDNN_OPS):
         # Run the ops one at a time (oneDNN and MKL use the cores themselves) and in the program's
         # order: Adam updates parameters in place, and without this the executor's own schedule let
         # a later forward read D's weights before their update from the second run on. Set here,
@@ -250,7 +248,7 @@ class StaticStep:
                 build()
             transposed_convs_as_convs(self.program, startup)
             for op in self.program.global_block().ops:
-                if op.type in self.onednn:
+                if op.type in onednn:   # the ops that run on oneDNN
                     op._set_attr("use_mkldnn", True)
             self.executor = paddle.static.Executor(self.place)
             with paddle.static.scope_guard(self.scope):
@@ -314,8 +312,8 @@ class StaticStep:
             elif kind == "mask":
                 feed[names] = dropout_mask(*args)
             elif kind == "labels":
-                shape = args[0]
-                targets = self.labels.targets(paddle.zeros(shape), paddle.zeros(shape))
+                shape, tricks = args
+                targets = tricks.targets(paddle.zeros(shape), paddle.zeros(shape))
                 feed.update({names[k]: t.numpy() for k, t in zip(("real", "fake"), targets)})
             else:
                 numbers = self.augment.draw(args[0], self.size)
@@ -376,162 +374,7 @@ class StaticStep:
         net.set_state_dict({k: self._get(static_name) for k, static_name in self.names[key].items()})
 
 
-class FastStep(StaticStep):
-    """methods.bce_iteration for one architecture and batch size, as a static program on the CPU, with the
-    Torch blog's balancing (balance.Tricks) as the eager step applies it:
-
-    - the skip rules (margin, equilibrium) decide inside the program from each D step's errors, before its
-      update; a skipped update leaves the weights and optimizer state as they were. A skipped G phase
-      (the first D step's word) also leaves the BatchNorm statistics its forwards moved, and the random
-      numbers drawn for it go back to the generator, as if the eager step had never drawn them;
-    - the adaptive L2 on D takes its coefficient as an input;
-    - RMSProp takes each update's warm-up rate as an input (D's picked in the program by how many of the
-      iteration's earlier D steps updated);
-    - label tricks draw D's targets as eager d_step draws them.
-    """
-
-    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, d_steps=1, g_steps=2, augment=None, lecam=None,
-                 tricks=None):
-        require_static_step(arch)
-        self.z_dim, self.d_steps, self.g_steps, self.lecam = arch_args["z_dim"], d_steps, g_steps, lecam
-        self.lr = lr
-        # balancing and label tricks, and their counters, which each run moves as bce_iteration does
-        self.tricks = tricks if tricks is not None else Tricks()
-        # balance.Tricks' label tricks (soft, jittered, flipped targets): D's targets drawn as eager d_step draws them
-        self.labels = self.tricks if not self.tricks.plain_labels else None
-        super().__init__(batch, arch_args["size"], augment,
-                         functools.partial(self._build, arch, arch_args, lr, beta1, beta2))
-
-    def _build(self, arch, arch_args, lr, beta1, beta2):
-        nets = self.networks(arch, arch_args, ("G", "D"))
-        G, D = nets["G"], nets["D"]
-        n, z_dim, size, T, tricks = self.batch, self.z_dim, self.size, self.T, self.tricks
-        real = paddle.static.data("real", [n, 3, size, size], "float32")
-
-        def noise():
-            return self.input("z", [n, z_dim])
-
-        opt_D = make_optimizer(tricks.optimizer, lr, beta1, beta2, D.parameters())
-        opt_G = make_optimizer(tricks.optimizer, lr, beta1, beta2, G.parameters())
-        warmup = tricks.optimizer == "rmsprop"
-        if warmup:  # each update's rate: D's for its count before the iteration + 0, 1, ...; G's per update
-            rates_D, rates_G = (paddle.static.data(name, [k], "float32")
-                                for name, k in (("rates_D", self.d_steps), ("rates_G", self.g_steps)))
-        d_names = {p.name for p in D.parameters()}
-        if self.lecam:
-            ema_real, ema_fake, decay = lecam_inputs()
-        skips = []  # per D step, (skip D, skip G): the rule's decision
-
-        fake = G(noise())
-        for i in range(self.d_steps):
-            more = fake if i == 0 else G(noise())
-            logits_real, logits_fake = D(T(real)), D(T(more.detach()))
-            err_real, err_fake = _bce(logits_real, 1.0), _bce(logits_fake, 0.0)
-            if tricks.skipping:
-                skips.append(skip_rule(err_real, err_fake, *tricks.band()))
-            if i == 0:
-                loss_G_unchanged = _bce(logits_fake, 1.0)  # G's loss when its updates are skipped
-            if self.labels:
-                targets = {k: paddle.static.data(f"labels{len(self.draws)}_{k}", [n], "float32")
-                           for k in ("real", "fake")}
-                self.draws.append(("labels", {k: v.name for k, v in targets.items()}, ([n],)))
-                loss_D = (F.binary_cross_entropy_with_logits(logits_real, targets["real"])
-                          + F.binary_cross_entropy_with_logits(logits_fake, targets["fake"]))
-            else:
-                loss_D = err_real + err_fake
-            total = loss_D  # bce_iteration's order: loss, then the L2 penalty, then LeCam's term
-            if tricks.balance == "l2":
-                coef = paddle.static.data("coef_l2", [1], "float32")
-                total = total + coef * paddle.add_n([(p * p).sum() for p in D.parameters() if p.trainable]) / 2
-            if self.lecam:
-                reg, ema_real, ema_fake = lecam_regulariser(self.lecam, logits_real, logits_fake, ema_real, ema_fake,
-                                                            decay if i == 0 else self.lecam.decay)
-                total = total + reg
-            rate = None
-            if warmup:  # the rate of D's count: its count before the iteration + the earlier steps that updated
-                rate = (gather_count(rates_D, [logical("not", s[0]) for s in skips[:i]])
-                        if tricks.skipping and i else rates_D[i:i + 1])
-            self.update(opt_D, total, D.parameters(), rate=rate, skip=skips[i][0] if tricks.skipping else None)
-
-        # G's phase: skipped as a whole by the first D step's word, with every state it touches kept
-        self.rewind_from = len(self.draws)
-        kept = []
-        if tricks.skipping:  # G's weights, statistics and optimizer state, and D's statistics
-            kept = updated_state(opt_G, G.parameters()) + statistics(G) + statistics(D)
-        losses_G = []
-        with keeping(skips[0][1] if tricks.skipping else None, kept):
-            for i in range(self.g_steps):
-                more = fake if i == 0 else G(noise())
-                loss_G = _bce(D(T(more)), 1.0)
-                self.update(opt_G, loss_G, G.parameters(), rate=rates_G[i:i + 1] if warmup else None,
-                            no_grad_set=d_names)
-                losses_G.append(loss_G)
-        loss_G = paddle.stack(losses_G).mean()
-        if tricks.skipping:
-            loss_G = paddle.where(skips[0][1], loss_G_unchanged, loss_G)
-        self.fetch = [loss_D, F.sigmoid(logits_real).mean(), F.sigmoid(logits_fake).mean(), err_real, err_fake,
-                      loss_G, paddle.sign(logits_real).mean(), *parameter_sums(G, D)]
-        if self.lecam:
-            self.fetch += [reg, ema_real, ema_fake]
-        self.fetch += [flag for pair in skips for flag in pair]
-        self.register(nets, {"G": opt_G, "D": opt_D})
-
-    @staticmethod
-    def update(opt, loss, parameters, rate=None, skip=None, no_grad_set=None):
-        """`opt`'s update of `parameters` by `loss`, at the learning rate `rate` (a program variable) if given,
-        undone where the boolean `skip` is true (weights and optimizer state as they were)."""
-        if rate is not None:
-            opt._learning_rate_map[paddle.static.default_main_program()] = rate
-        if skip is None:
-            opt.minimize(loss, parameters=parameters, no_grad_set=no_grad_set)
-            return
-        apply_gradients(opt, opt.backward(loss, parameters=parameters, no_grad_set=no_grad_set), skip)
-
-    def __call__(self, real):
-        """One iteration on the batch `real` (N x 3 x S x S in [-1, 1]).
-
-        Returns the numbers bce_iteration does, and G_check, D_check: the sum of each network's
-        parameter means after the updates, finite while every parameter is (train.py checks it).
-        Moves the tricks' counters (updates, skips, the L2 coefficient) as bce_iteration does.
-        """
-        tricks = self.tricks
-        feed = self.draw()
-        if self.lecam:
-            feed.update(lecam_feed(self.lecam))
-        if tricks.balance == "l2":
-            feed["coef_l2"] = np.array([tricks.coef_l2], np.float32)
-        if tricks.optimizer == "rmsprop":
-            feed["rates_D"] = np.array([rmsprop_lr(self.lr, tricks.d_updates + i) for i in range(self.d_steps)],
-                                       np.float32)
-            feed["rates_G"] = np.array([rmsprop_lr(self.lr, tricks.g_updates + i) for i in range(self.g_steps)],
-                                       np.float32)
-        names = ("loss_D", "D_real", "D_fake", "err_R", "err_F", "loss_G", "sign_real", "G_check", "D_check")
-        values = self.run(real, feed)
-        stats = dict(zip(names, values))
-        rest = values[len(names):]
-        if self.lecam:  # the last D update's term, and the averages after the iteration
-            (stats["lecam"], self.lecam.real, self.lecam.fake), rest = rest[:3], rest[3:]
-        skip_d, skip_g = [bool(v) for v in rest[0::2]], [bool(v) for v in rest[1::2]]
-        tricks.d_skips += sum(skip_d)
-        tricks.g_skips += sum(skip_g)
-        tricks.d_updates += self.d_steps - sum(skip_d)
-        if skip_g and skip_g[0]:  # the eager step would not have drawn G's phase's numbers
-            paddle.set_rng_state(self.rewind)
-        else:
-            tricks.g_updates += self.g_steps
-        tricks.after(stats["loss_G"])
-        return stats
-
-
-def skip_rule(err_real, err_fake, low, high):
-    """balance.margin_rule and equilibrium_rule in a program: (skip D, skip G) as booleans, for D's errors and
-    the rule's band (Tricks.band). D's update is skipped while either error is below `low`, G's while either
-    is above `high`; both update when both would be skipped. Compared in float64, as the eager rule compares
-    the errors' float values."""
-    errors = [paddle.cast(e, "float64").reshape([1]) for e in (err_real, err_fake)]
-    below = logical("or", *[e < low for e in errors])
-    above = logical("or", *[e > high for e in errors])
-    return logical("and", below, logical("not", above)), logical("and", above, logical("not", below))
+LOGIC = (lambda x, y: logical("or", x, y), lambda x, y: logical("and", x, y), lambda x: logical("not", x))
 
 
 def logical(op, x, y=None):
@@ -585,204 +428,216 @@ def keeping(skip, variables):
         v.stop_gradient = not trainable
 
 
-def lecam_inputs():
-    """LeCam's averages before the iteration and the decay of its first update (0 at the start): program inputs."""
-    return tuple(paddle.static.data(name, [1], "float32") for name in ("lecam_real", "lecam_fake", "lecam_decay"))
-
-
-def lecam_regulariser(lecam, out_real, out_fake, ema_real, ema_fake, keep):
-    """balance.LeCam in a program: the averages take the batch (keeping `keep` of themselves), then the weighted
-    term. Returns (term, new averages)."""
-    ema_real = keep * ema_real + (1 - keep) * out_real.mean().detach()
-    ema_fake = keep * ema_fake + (1 - keep) * out_fake.mean().detach()
-    return lecam.weight * lecam_term(out_real, out_fake, ema_real, ema_fake), ema_real, ema_fake
-
-
 def parameter_sums(*nets):
     """Per network, the sum of its parameters' means after the updates: not finite once any parameter is not."""
     return [paddle.add_n([p.mean() for p in net.parameters()]) for net in nets]
 
 
-def lecam_feed(lecam):
-    """LeCam's averages before the iteration and the decay of its first update, as the program's inputs."""
-    values = {"lecam_real": lecam.real or 0.0, "lecam_fake": lecam.fake or 0.0, "lecam_decay": lecam.next_decay()}
-    return {name: np.array([v], np.float32) for name, v in values.items()}
+def set_rate(opt, rate):
+    """`opt`'s learning rate in the program being built, from here on: the program variable `rate`."""
+    opt._learning_rate_map[paddle.static.default_main_program()] = rate
 
 
-class ProgressiveStep(StaticStep):
-    """progressive.iteration at one resolution, as a static program on the CPU: WGAN-GP's D update with its
-    gradient penalty (a double backward: the program differentiates the gradient of D at x_hat), the G
-    update, and G's moving average. One program per stage: `fading` programs take alpha as an input,
-    stabilised ones are built with alpha = 1. ProgressiveMethod builds a new one when the stage or the
-    batch changes.
+class Recording(StaticStep):
+    """A method's iteration (methods.Method.iteration), recorded as one static program on the CPU, and run.
 
-    Example:
-        step = ProgressiveStep("pggan", G.args, res=32, fading=False, batch=16, lr=1e-3, beta1=0.0, beta2=0.99,
-                               gp_weight=progressive.GP_WEIGHT, drift=progressive.DRIFT)
-        step.load(nets, opts)                    # {"G", "D", "G_ema"}, {"G", "D"}
-        stats = step(progressive.real_at(real, 32, 1.0), alpha=1.0, beta=methods.ema_beta(updates))
+    The program is built by running the method's own iteration with this object as its `run`, the eager
+    step's methods.Eager answered with program ops: the same forwards and losses, on the program's variables.
+
+    - noise, uniform numbers, dropout masks, label targets and T's numbers are inputs, which each run draws from
+      Paddle's generator in the order the eager step draws them (StaticStep.draw);
+    - the iteration's numbers (run.number: PG-GAN's alpha, G's average's beta, the adaptive L2's coefficient)
+      are inputs fed from Method.numbers;
+    - an update is its optimizer's ops. A skip rule decides inside the program from D's errors (balance.skip_flags
+      on tensors), and an update it skips restores what it changed (`keeping`). A skipped phase (G's updates in
+      a BCE iteration) also restores the BatchNorm statistics its forwards moved, and the numbers drawn for it
+      go back to the generator, as if the eager step had never drawn them;
+    - RMSProp's warm-up rate of each update of a counted network (Method.counter) is an input, picked in the
+      program by how many of the iteration's earlier updates of that network were applied; the counters move
+      after the run as the eager updates move them;
+    - LeCam's averages before the iteration are inputs, and the new ones outputs;
+    - WGAN-GP's input gradient is D.input_gradient's, first-order ops (progressive.input_gradient, "analytic").
+
+    Example (what methods.Method.step does):
+        step = Recording(method, [16, 3, 8, 8], {})
+        step.load(method.nets, method.opts)
+        values, checks = step(real, method.numbers(position))   # the iteration's values as numbers; weight sums
+        step.store(method.nets, method.opts)
     """
+    input_gradient = "analytic"
 
-    def __init__(self, arch, arch_args, res, fading, batch, lr, beta1, beta2, gp_weight, drift, augment=None,
-                 lecam=None):
-        require_static_step(arch)
-        self.z_dim, self.fading, self.lecam = arch_args["z_dim"], fading, lecam
-        self.gp_weight, self.drift = gp_weight, drift   # progressive.GP_WEIGHT, DRIFT
-        super().__init__(batch, res, augment, functools.partial(self._build, arch, arch_args, lr, beta1, beta2))
+    def __init__(self, method, shape, structure, onednn=ONEDNN_OPS):
+        require_static_step(method.arch)
+        self.method = method
+        self.updates = []         # (network, skip flag or None, skip flag of its phase or None) per update
+        self.inputs = {}          # run.number's inputs by name
+        self.rates = []           # (input name, network, index of the update among that network's)
+        self.grads = {}           # `backward`'s gradients so far, by parameter name
+        self.phase_skip = self.skipped_phase = None
+        self.lecam_averages = None
+        super().__init__(shape[0], shape[-1], method.T, functools.partial(self._build, structure), onednn)
 
-    def _build(self, arch, arch_args, lr, beta1, beta2):
-        nets = self.networks(arch, arch_args, ("G", "D", "G_ema"))
-        G, D, G_ema = nets["G"], nets["D"], nets["G_ema"]
-        n, res, T = self.batch, self.size, self.T
-        alpha = paddle.static.data("alpha", [1], "float32") if self.fading else 1.0
-        for net in (G, D):
-            net.set_stage(res, 0.0 if self.fading else 1.0)
-            net.alpha = alpha
-        real = paddle.static.data("real", [n, 3, res, res], "float32")
-        adam = dict(learning_rate=lr, beta1=beta1, beta2=beta2, epsilon=1e-8)
-        opt_D = paddle.optimizer.Adam(parameters=D.parameters(), **adam)
-        opt_G = paddle.optimizer.Adam(parameters=G.parameters(), **adam)
+    def _build(self, structure):
+        method = self.method
+        self.nets = self.plain = self.networks(method.arch, method.args, method.recorded())
+        self.opts = method.optimizers(self.nets)
+        real = paddle.static.data("real", [self.batch, 3, self.size, self.size], "float32")
+        out = method.iteration(self, real, **structure)
+        # fetched: the iteration's values, then the weight sums, then the flags the counters and rewinding read
+        self.layout, self.fetch = {}, []
+        for key, value in out.items():
+            if isinstance(value, list):
+                self.layout[key] = [self._fetch(v) for v in value]
+            else:
+                self.layout[key] = self._fetch(value)
+        self.checks = {key: self._fetch(s) for key, s in zip(self.opts, parameter_sums(*self.opts_nets()))}
+        self.update_flags = [(key, self._fetch(skip), self._fetch(phase)) for key, skip, phase in self.updates]
+        self.rewind_flag = self._fetch(self.skipped_phase)
+        if self.lecam_averages is not None:
+            self.lecam_fetch = [self._fetch(v) for v in self.lecam_averages]
+        self.register(self.nets, self.opts)
 
-        fake = G(self.input("z", [n, self.z_dim])).detach()
-        real, fake = T(real), T(fake)
-        score_real, score_fake = D(real), D(fake)
-        # progressive.gradient_penalty: 10 (||grad_x D(x_hat)|| - 1)^2, x_hat = lerp(real, fake, u)
-        x_hat = real + (fake - real) * self.input("u", [n, 1, 1, 1])
-        grad = D.input_gradient(x_hat)   # = paddle.static.gradients([D(x_hat)], [x_hat]), without second derivatives
-        norm = paddle.sqrt((grad * grad).reshape([n, -1]).sum(axis=1) + 1e-12)   # progressive.gradient_penalty
-        gp = self.gp_weight * ((norm - 1.0) ** 2).mean()
-        wasserstein = score_fake.mean() - score_real.mean()
-        loss_D = wasserstein + gp + self.drift * (score_real * score_real).mean()
-        if self.lecam:
-            ema_real, ema_fake, decay = lecam_inputs()
-            reg, ema_real, ema_fake = lecam_regulariser(self.lecam, score_real, score_fake, ema_real, ema_fake, decay)
-            opt_D.minimize(loss_D + reg, parameters=D.parameters())
+    def opts_nets(self):
+        return [self.nets[key] for key in self.opts]
+
+    def _fetch(self, var):
+        """The index of `var` among the fetched values (None for None)."""
+        if var is None:
+            return None
+        self.fetch.append(var)
+        return len(self.fetch) - 1
+
+    # --- what the iteration asks (methods.Eager's calls)
+
+    def noise(self, shape):
+        return self.input("z", shape)
+
+    def uniform(self, shape):
+        return self.input("u", shape)
+
+    def number(self, name):
+        if name not in self.inputs:
+            self.inputs[name] = paddle.static.data(name, [1], "float32")
+        return self.inputs[name]
+
+    def targets(self, tricks, logits_real, logits_fake):
+        shape = list(logits_real.shape)
+        targets = {k: paddle.static.data(f"labels{len(self.draws)}_{k}", shape, "float32") for k in ("real", "fake")}
+        self.draws.append(("labels", {k: v.name for k, v in targets.items()}, (shape, tricks)))
+        return targets["real"], targets["fake"]
+
+    def decide(self, tricks, err_real, err_fake):
+        """The rule's flags as booleans of the program, compared in float64 as the eager step compares the errors'
+        float values."""
+        if not tricks.skipping:
+            return None, None
+        errors = [paddle.cast(e, "float64").reshape([1]) for e in (err_real, err_fake)]
+        return tricks.skips(*errors, logic=LOGIC)
+
+    def lecam(self, out_real, out_fake):
+        lecam = self.method.lecam
+        if self.lecam_averages is None:   # the first term of the iteration: the averages and decay are inputs
+            *averages, decay = (paddle.static.data(name, [1], "float32")
+                                for name in ("lecam_real", "lecam_fake", "lecam_decay"))
         else:
-            opt_D.minimize(loss_D, parameters=D.parameters())
-        loss_G = -D(T(G(self.input("z", [n, self.z_dim])))).mean()
-        opt_G.minimize(loss_G, parameters=G.parameters(), no_grad_set={p.name for p in D.parameters()})
-        # methods.ema_update: G_ema <- beta G_ema + (1 - beta) G, both numbers fed (float32 of the float64 ones)
-        beta, rest = (paddle.static.data(name, [1], "float32") for name in ("ema_beta", "ema_rest"))
-        for e, p in zip(G_ema.parameters(), G.parameters()):
-            paddle.assign(e * beta + p * rest, output=e)
-        self.fetch = [loss_D, loss_G, gp, -wasserstein, score_real.mean(), score_fake.mean(),
-                      paddle.sign(score_real).mean(), *parameter_sums(G, D)]
-        if self.lecam:
-            self.fetch += [reg, ema_real, ema_fake]
-        self.register(nets, {"G": opt_G, "D": opt_D})
+            averages, decay = self.lecam_averages, lecam.decay
+        self.lecam_averages = [lecam_average(a, out.mean().detach(), decay)
+                               for a, out in zip(averages, (out_real, out_fake))]
+        return lecam.weight * lecam_term(out_real, out_fake, *self.lecam_averages)
 
-    def __call__(self, real, alpha, beta):
-        """One iteration on `real` (progressive.real_at of the batch at this stage) at `alpha`, G's average
-        taking (1 - beta) of G. Returns progressive.iteration's numbers and G_check, D_check."""
+    def _rate(self, key):
+        """With a counted RMSProp, this update's warm-up rate: an input of the rates after 0, 1, ... earlier applied
+        updates of `key` in the iteration, picked by their count."""
+        counter = self.method.counter
+        if counter is None or counter.optimizer != "rmsprop":
+            return
+        earlier = [skip for k, skip, _ in self.updates if k == key]
+        name = f"rates_{key}_{len(earlier)}"
+        rates = paddle.static.data(name, [len(earlier) + 1], "float32")
+        self.rates.append((name, key))
+        if any(skip is not None for skip in earlier):
+            rate = gather_count(rates, [logical("not", s) for s in earlier])
+        else:
+            rate = rates[len(earlier):] if earlier else rates
+        set_rate(self.opts[key], rate)
+
+    def update(self, keys, loss, skip=None):
+        keys = (keys,) if isinstance(keys, str) else tuple(keys)
+        if len(keys) > 1:   # one loss, several optimizers: one backward, then each one's step (methods.update)
+            grads = self.opts[keys[0]].backward(loss, parameters=[p for k in keys for p in self.nets[k].parameters()])
+            for key in keys:
+                names = {p.name for p in self.nets[key].parameters()}
+                apply_gradients(self.opts[key], [(p, g) for p, g in grads if p.name in names], skip)
+                self.updates.append((key, skip, self.phase_skip))
+            return
+        key, = keys
+        opt, parameters = self.opts[key], self.nets[key].parameters()
+        self._rate(key)
+        if skip is None:
+            opt.minimize(loss, parameters=parameters)
+        else:
+            apply_gradients(opt, opt.backward(loss, parameters=parameters), skip)
+        self.updates.append((key, skip, self.phase_skip))
+
+    def backward(self, loss, keys):
+        parameters = [p for k in keys for p in self.nets[k].parameters() if p.trainable]
+        for p, g in self.opts[keys[0]].backward(loss, parameters=parameters):
+            self.grads[p.name] = self.grads[p.name] + g if p.name in self.grads else g
+
+    def scale(self, key, factor):
+        for p in self.nets[key].parameters():
+            if p.name in self.grads:
+                self.grads[p.name] = self.grads[p.name] * factor
+
+    def step(self, key, skip=None):
+        self._rate(key)
+        grads = [(p, self.grads[p.name]) for p in self.nets[key].parameters() if p.trainable]
+        apply_gradients(self.opts[key], grads, skip)
+        self.updates.append((key, skip, self.phase_skip))
+
+    def phase(self, skip, body, keys):
+        """`body()`'s ops, undone as a whole where `skip` is true: the updated networks' weights and optimizer
+        state, and every network's BatchNorm statistics; the numbers drawn for it are given back after the run."""
+        if skip is None:
+            return body()
+        self.rewind_from, self.skipped_phase = len(self.draws), skip
+        kept = [v for key in keys for v in updated_state(self.opts[key], self.nets[key].parameters())]
+        kept += [v for net in self.nets.values() for v in statistics(net)]
+        self.phase_skip = skip
+        with keeping(skip, kept):
+            out = body()
+        self.phase_skip = None
+        return out
+
+    @staticmethod
+    def assign(target, value):
+        paddle.assign(value, output=target)
+
+    # --- running
+
+    def __call__(self, real, numbers):
+        """One iteration on the batch `real` with the iteration's `numbers` (Method.numbers): (the iteration's values
+        as numbers, {network: weight sum}). Moves the counters, LeCam's averages and the generator as the eager step."""
+        method, counter = self.method, self.method.counter
         feed = self.draw()
-        feed.update(ema_beta=np.array([beta], np.float32), ema_rest=np.array([1.0 - beta], np.float32))
-        if self.fading:
-            feed["alpha"] = np.array([alpha], np.float32)
-        if self.lecam:
-            feed.update(lecam_feed(self.lecam))
-        names = ("loss_D", "loss_G", "gp", "wasserstein", "D_real", "D_fake", "sign_real", "G_check", "D_check")
-        values = self.run(real, feed)
-        stats = dict(zip(names, values))
-        if self.lecam:
-            stats["lecam"], self.lecam.real, self.lecam.fake = values[len(names):]
-        return stats
+        feed.update({name: np.array([numbers[name]], np.float32) for name in self.inputs})
+        for name, key in self.rates:
+            before, count = counter.updates(key), int(name.rsplit("_", 1)[1]) + 1
+            feed[name] = np.array([rmsprop_lr(counter.lr, before + i) for i in range(count)], np.float32)
+        if self.lecam_averages is not None:
+            lecam = method.lecam
+            feed.update({name: np.array([v], np.float32) for name, v in (
+                ("lecam_real", lecam.real or 0.0), ("lecam_fake", lecam.fake or 0.0), ("lecam_decay", lecam.next_decay()))})
+        got = self.run(real, feed)
 
-
-class VAEStep(StaticStep):
-    """methods.VAEMethod's iteration as a static program on the CPU: `losses` (methods.vae_losses, the eager
-    step's own function) built on the program's variables, its noise an input drawn as the eager step draws
-    it; one backward of the loss, then one Adam step of each network.
-
-    Example:
-        step = VAEStep("vae", E.args, batch=64, lr=1e-3, beta1=0.9, beta2=0.999, losses=methods.vae_losses)
-        step.load({"E": E, "G": G}, {"E": opt_E, "G": opt_G})
-        stats = step(real_batch)              # {'loss', 'kl', 'reconstruction', 'E_check', 'G_check'}
-        step.store({"E": E, "G": G}, {"E": opt_E, "G": opt_G})
-    """
-
-    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, losses):
-        require_static_step(arch)
-        super().__init__(batch, arch_args["size"], None,
-                         functools.partial(self._build, arch, arch_args, lr, beta1, beta2, losses))
-
-    def _build(self, arch, arch_args, lr, beta1, beta2, losses):
-        nets = self.networks(arch, arch_args, ("E", "G"))
-        n, size = self.batch, self.size
-        real = paddle.static.data("real", [n, 3, size, size], "float32")
-        loss, kl, rec = losses(nets["E"], nets["G"], real, lambda shape: self.input("z", [n, shape[-1]]))
-        opts = {key: make_optimizer("adam", lr, beta1, beta2, net.parameters()) for key, net in nets.items()}
-        grads = opts["E"].backward(loss, parameters=[p for net in nets.values() for p in net.parameters()])
-        for key, net in nets.items():   # methods.update: one backward, then each optimizer's step
-            names = {p.name for p in net.parameters()}
-            opts[key].apply_gradients([(p, g) for p, g in grads if p.name in names])
-        self.fetch = [loss, kl, rec, *parameter_sums(*nets.values())]
-        self.register(nets, opts)
-
-    def __call__(self, real):
-        """One iteration on the batch `real`: vae_losses' three numbers, E_check and G_check (as weight_checks)."""
-        return dict(zip(("loss", "kl", "reconstruction", "E_check", "G_check"), self.run(real, self.draw())))
-
-
-class VAEGANStep(StaticStep):
-    """methods.VAEGANMethod's iteration as a static program on the CPU, built from the eager step's own halves
-    (`halves`: methods.vaegan_vae_losses, vaegan_gan_losses): the backward of KL + L_llike with D frozen, G's
-    gradient of it times gamma plus its (reversed) gradient of the GAN loss, D's of 0.5 L_GAN; then E's step,
-    and G's and D's unless the balancing rule skips them (decided in the program, as FastStep decides; a skipped step
-    leaves the weights and optimizer state as they were).
-
-    Example:
-        step = VAEGANStep("vaegan", E.args, 64, 3e-4, 0.9, 0.999, gamma=1e-2, d_reconstructions=False,
-                          augment=None, tricks=Tricks(balance="equilibrium", margin=0.35, optimizer="rmsprop"),
-                          halves=(methods.vaegan_vae_losses, methods.vaegan_gan_losses))
-        step.load(nets, opts)                 # {"E", "G", "D"}, each
-        stats = step(real_batch)              # VAEGANMethod's numbers and E_check, G_check, D_check
-        step.store(nets, opts)
-    """
-
-    def __init__(self, arch, arch_args, batch, lr, beta1, beta2, gamma, d_reconstructions, augment, tricks, halves):
-        require_static_step(arch)
-        self.z_dim, self.gamma, self.d_reconstructions = arch_args["z_dim"], gamma, d_reconstructions
-        self.tricks = tricks
-        super().__init__(batch, arch_args["size"], augment,
-                         functools.partial(self._build, arch, arch_args, lr, beta1, beta2, *halves))
-
-    def _build(self, arch, arch_args, lr, beta1, beta2, vae_losses, gan_losses):
-        nets = self.networks(arch, arch_args, ("E", "G", "D"))
-        E, G, D = nets["E"], nets["G"], nets["D"]
-        n, tricks = self.batch, self.tricks
-        real = paddle.static.data("real", [n, 3, self.size, self.size], "float32")
-
-        def noise(shape):
-            return self.input("z", [n, shape[-1]])
-
-        z, kl, llike = vae_losses(E, G, D, real, noise)
-        logits, err_real, err_fake = gan_losses(G, D, self.T, real, z, noise, self.z_dim, self.d_reconstructions)
-        loss_D = 0.5 * err_real + 0.5 * err_fake
-        opts = {key: make_optimizer(tricks.optimizer, lr, beta1, beta2, net.parameters()) for key, net in nets.items()}
-        params = {key: [p for p in net.parameters() if p.trainable] for key, net in nets.items()}
-        vae = {p.name: g for p, g in opts["E"].backward(kl + llike, parameters=params["E"] + params["G"],
-                                                         no_grad_set={p.name for p in params["D"]})}
-        gan = {p.name: g for p, g in opts["D"].backward(loss_D, parameters=params["G"] + params["D"])}
-        skip_d, skip_g = skip_rule(err_real, err_fake, *tricks.band()) if tricks.skipping else (None, None)
-        for key, grads, skip in (("E", [(p, vae[p.name]) for p in params["E"]], None),
-                                 ("G", [(p, vae[p.name] * self.gamma + gan[p.name]) for p in params["G"]], skip_g),
-                                 ("D", [(p, gan[p.name]) for p in params["D"]], skip_d)):
-            apply_gradients(opts[key], grads, skip)
-        self.fetch = [kl + llike, kl, llike, err_real + err_fake, loss_D, err_real, err_fake,
-                      F.sigmoid(logits[:n]).mean(), F.sigmoid(logits[n:]).mean(), paddle.sign(logits[:n]).mean(),
-                      *parameter_sums(E, G, D)]
-        self.fetch += [skip_d, skip_g] if tricks.skipping else []
-        self.register(nets, opts)
-
-    def __call__(self, real):
-        """One iteration on the batch `real`: VAEGANMethod's numbers (sign_real among them, for ADA) and
-        E_check, G_check, D_check; the tricks count the skips."""
-        values = self.run(real, self.draw())
-        (loss_E, kl, llike, errors, loss_D, err_R, err_F, D_real, D_fake, sign_real, *checks) = values[:13]
-        if self.tricks.skipping:
-            skip_d, skip_g = (bool(v) for v in values[13:])
-            self.tricks.d_skips += skip_d
-            self.tricks.g_skips += skip_g
-        return {"loss_E": loss_E, "kl": kl, "llike": llike, "loss_G": self.gamma * llike - errors, "loss_D": loss_D,
-                "err_R": err_R, "err_F": err_F, "D_real": D_real, "D_fake": D_fake, "sign_real": sign_real,
-                **dict(zip(("E_check", "G_check", "D_check"), checks))}
+        def value(i):
+            return None if i is None else got[i]
+        values = {k: [value(i) for i in v] if isinstance(v, list) else value(v) for k, v in self.layout.items()}
+        if counter is not None:
+            for key, skip, phase in self.update_flags:
+                counter.count_updates(key, int(not value(skip) and not value(phase)))
+        if self.lecam_averages is not None:
+            method.lecam.real, method.lecam.fake = (got[i] for i in self.lecam_fetch)
+        if value(self.rewind_flag):  # the eager step would not have drawn the skipped phase's numbers
+            paddle.set_rng_state(self.rewind)
+        return values, {key: got[i] for key, i in self.checks.items()}

@@ -13,13 +13,17 @@ for the checkpoint, its log fields and its plots. train.py calls, in this order:
     method.parts(), method.state(position), method.stage(position)   # for the checkpoint
     method.log_fields(stats), method.summary(record), method.plots(history, folder)
 
-Here: the base class, the two helpers every step uses (`frozen`, `update`), and BCEMethod,
-the tutorial's DCGAN recipe with the Torch blog's balancing and label tricks. progressive.py
-holds PG-GAN's ProgressiveMethod.
+Each method writes its iteration once (Method.iteration), against a `run` that answers its calls
+(noise, numbers, updates, skip rules, ...): Eager, here, runs it in Paddle's eager mode, and
+faststep.Recording records the same function as a static CPU program (--step static).
+
+Here: the base class, Eager, the helpers every iteration uses (`frozen`, `update`, `ema_update`), and
+the methods: BCEMethod (the tutorial's DCGAN recipe with the Torch blog's balancing and label tricks),
+VAEMethod and VAEGANMethod. progressive.py holds PG-GAN's ProgressiveMethod.
 
 Example:
-    tricks = Tricks()                                        # the plain GAN
-    stats = bce_iteration(G, D, opt_G, opt_D, real, 100, 1, 2, tricks)
+    run = Eager({"G": G, "D": D}, {"G": opt_G, "D": opt_D}, counter=Tricks())   # the plain GAN
+    stats = bce_numbers(run.values(bce_iteration(run, real, 100, 1, 2, run.counter)), run.counter)
 """
 import contextlib
 import functools
@@ -34,7 +38,7 @@ import paddle.nn.functional as F
 import checkpoint
 import network
 from augment import AdaController, Augment
-from balance import MARGINS, LeCam, Tricks, make_optimizer
+from balance import MARGINS, LeCam, Tricks, l2_penalty, make_optimizer
 from control import weight_checks
 from logs import plot_curves, plot_monitor
 from runtime import ConfigError
@@ -83,12 +87,122 @@ def ema_beta(updates, beta=EMA_BETA):
     return min(beta, (1 + updates) / (10 + updates))
 
 
-def ema_update(G_ema, G, beta=EMA_BETA):
-    """G_ema <- beta G_ema + (1 - beta) G for the trained parameters; BatchNorm's statistics copied, as
-    stylegan2-ada-pytorch copies buffers."""
+def ema_update(G_ema, G, beta, rest=None, assign=None):
+    """G_ema <- beta G_ema + rest G for the trained parameters (rest: 1 - beta); BatchNorm's statistics copied, as
+    stylegan2-ada-pytorch copies buffers. `assign(target, value)` writes (the eager step's `set_value`, the
+    static program's assign op); `beta` and `rest` are numbers there, the program's inputs here."""
+    rest, assign = 1.0 - beta if rest is None else rest, assign or set_value
     with paddle.no_grad():
         for e, p in zip(G_ema.parameters(), G.parameters()):
-            e.set_value(p if p.stop_gradient else e * beta + p * (1.0 - beta))
+            assign(e, p if p.stop_gradient else e * beta + p * rest)
+
+
+def set_value(target, value):
+    """`assign` of the eager step: `target` takes `value`'s numbers."""
+    target.set_value(value)
+
+
+class Eager:
+    """What a method's iteration (Method.iteration) asks of its step, done now in Paddle's eager mode.
+
+    The iteration is each method's one definition of its maths: the eager step runs it with this object, and
+    faststep.Recording runs the same function while recording it as a static program, with the same calls
+    answered by program ops. Here, noise is drawn from Paddle's generator, a skip rule decides on the errors'
+    float values (their means over processes, so that every process decides alike), an update is a backward
+    and an optimizer step (gradients averaged over processes), and a skipped update or phase is not computed.
+    """
+    input_gradient = "autograd"   # how WGAN-GP's penalty takes D's input gradient (progressive.input_gradient)
+
+    def __init__(self, nets, opts, running=None, T=None, counter=None, lecam=None, procs=None, reduce=None,
+                 numbers=None):
+        self.plain = nets                       # the networks, for their attributes (set_stage, features, ...)
+        self.nets = running or nets             # for forwards: wrapped for several processes
+        self.opts, self.T, self.counter, self.lecam_term = opts, T or same, counter, lecam
+        self.procs, self.reduce, self.numbers = procs, reduce, dict(numbers or {})
+        self.cleared = set()
+
+    def noise(self, shape):
+        """N(0, 1) numbers of `shape`."""
+        return paddle.randn(shape)
+
+    def uniform(self, shape):
+        """U[0, 1) numbers of `shape`."""
+        return paddle.rand(shape)
+
+    def number(self, name):
+        """The iteration's number `name` (Method.numbers): a float here, an input of the static program."""
+        return self.numbers[name]
+
+    def targets(self, tricks, logits_real, logits_fake):
+        """D's BCE targets with the label tricks (balance.Tricks.targets), drawn from Paddle's generator."""
+        return tricks.targets(logits_real, logits_fake)
+
+    def decide(self, tricks, err_real, err_fake):
+        """(skip D, skip G) by the balancing rule on D's errors: bools, or None for a rule that never skips."""
+        if not tricks.skipping:
+            return None, None
+        errors = [float(err_real), float(err_fake)]
+        if self.procs is not None and self.procs.world > 1:
+            errors = self.procs.mean(errors)
+        return tricks.skips(*errors)
+
+    def lecam(self, out_real, out_fake):
+        """The method's LeCam term (balance.LeCam) for D's outputs, after its averages took them."""
+        return self.lecam_term(out_real, out_fake)
+
+    def _opts(self, keys):
+        return [self.opts[k] for k in ((keys,) if isinstance(keys, str) else keys)]
+
+    def update(self, keys, loss, skip=None):
+        """The update of the networks `keys` (a name, or a tuple that the one loss updates together) by `loss`:
+        backward, gradients averaged over processes, each optimizer's step; nothing where `skip` is true."""
+        if skip:
+            return
+        counter, opts = self.counter, self._opts(keys)
+        if counter is None:
+            update(opts if len(opts) > 1 else opts[0], loss, self.reduce)
+        else:   # each update counted, and RMSProp's warm-up rate set (balance.Tricks.step)
+            update(opts[0], loss, self.reduce, functools.partial(counter.step, net=keys))
+
+    def backward(self, loss, keys):
+        """Add `loss`'s gradients to those of the networks `keys` (the first backward of a key in an iteration
+        starts from zero); `step` then updates."""
+        for opt in self._opts(keys):
+            if id(opt) not in self.cleared:
+                opt.clear_grad()
+                self.cleared.add(id(opt))
+        loss.backward()
+
+    def scale(self, key, factor):
+        """Multiply network `key`'s gradients so far by `factor`."""
+        with paddle.no_grad():
+            for p in self.plain[key].parameters():
+                if p.grad is not None:
+                    p.grad.scale_(factor)
+
+    def step(self, key, skip=None):
+        """Network `key`'s optimizer step on its gradients (averaged over processes first, whatever `skip` says,
+        so that every process joins every reduction); none where `skip` is true."""
+        opt, = self._opts(key)
+        if self.reduce:
+            self.reduce(opt)
+        if not skip:
+            opt.step()
+
+    def phase(self, skip, body, keys):
+        """`body()`, the updates of the networks `keys`, unless `skip` is true (then None)."""
+        return None if skip else body()
+
+    @staticmethod
+    def assign(target, value):
+        set_value(target, value)
+
+    @staticmethod
+    def values(out):
+        """The iteration's returned tensors as floats (lists of them as lists); flags and None as they are."""
+        def number(v):
+            return float(v) if isinstance(v, paddle.Tensor) else v
+        return {k: [number(x) for x in v] if isinstance(v, list) else number(v) for k, v in out.items()}
 
 
 def static_step_problem(version=None):
@@ -154,9 +268,12 @@ class Method:
         self.nets = network.build(arch, **self.args)
         self.opts = {}
         self.path = "dygraph"
-        # the static CPU step (faststep.py), which holds the weights while it trains, and whether self.nets and
-        # self.opts lag behind it
-        self.fast, self.stale = None, False
+        self.counter = None      # balance.Tricks whose update counters (and RMSProp warm-up) the updates move
+        self.running = self.nets # the networks the eager iteration runs forwards through (`start` wraps them)
+        # the static CPU step (faststep.Recording of `iteration`), which holds the weights while it trains, the
+        # structure it was recorded for, and whether self.nets and self.opts lag behind it
+        self.fast, self.fast_key, self.stale = None, None, False
+        self.static_options = {}   # faststep.Recording's keyword arguments (benchmarks/onednn_ops.py: its oneDNN ops)
         # what D sees (--augment), ADA's p, LeCam's averages: the same for every method with a D
         self.T = Augment(getattr(cfg, "augment", None) or "none")
         self.ada = AdaController(self.T)
@@ -244,7 +361,11 @@ class Method:
                 **{"opt_" + name: checkpoint.optimizer_state(opt, self.nets[name]) for name, opt in self.opts.items()}}
 
     def start(self, pos, device):
-        """Set up the step for a run at position `pos` (after any checkpoint was loaded)."""
+        """Set up the step for a run at position `pos` (after any checkpoint was loaded): the eager step or the
+        static one (choose_step), and the trained networks wrapped for several processes."""
+        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world)
+        self.running = {k: self.procs.wrap(net) if k in self.opts else net for k, net in self.nets.items()}
+        self.fast, self.fast_key = None, None
 
     def own_noise(self, pos):
         """With several processes, give each its own noise for the iteration at `pos`: Paddle's generator seeded
@@ -253,9 +374,65 @@ class Method:
             entropy = [self.cfg.seed, self.procs.rank, pos.iteration]
             paddle.seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
+    # --- the iteration: one definition, which the eager step runs and the static step records
+
+    def optimizers(self, nets):
+        """{name: optimizer} of the networks `nets` that an iteration updates (the eager ones at construction; the
+        static program's own, built from its networks)."""
+        raise NotImplementedError
+
+    def iteration(self, run, real, **structure):
+        """The method's iteration on the batch `real`, written once: `run` is an Eager, or a faststep.Recording
+        that records the same calls as a static program. Returns {name: tensor, list of tensors, flag or None}:
+        the numbers `finish` turns into the log's. `structure` is what a program is recorded for (`structure`)."""
+        raise NotImplementedError
+
+    def structure(self, pos):
+        """The iteration's arguments at `pos` that shape its program (PG-GAN's resolution and fade); a new static
+        program is recorded when they change."""
+        return {}
+
+    def numbers(self, pos):
+        """{name: float} that the iteration at `pos` reads (run.number): the static program's inputs."""
+        return {}
+
+    def prepare(self, real, pos):
+        """The batch as the iteration at `pos` takes it."""
+        return real
+
+    def finish(self, values):
+        """The log's numbers from the iteration's values (floats, lists of floats, flags), and the method's state
+        that they move (counters)."""
+        return values
+
     def step(self, real, pos):
         """One iteration on the batch `real`: ({name: number} for the log, weight_checks of the trained networks)."""
-        raise NotImplementedError
+        self.own_noise(pos)
+        real, numbers, structure = self.prepare(real, pos), self.numbers(pos), self.structure(pos)
+        if self.path == "static":
+            values, checks = self.program(real.shape, structure)(real, numbers)
+            self.stale = True
+        else:
+            run = Eager(self.nets, self.opts, self.running, self.T, self.counter, self.lecam, self.procs, self.reduce,
+                        numbers)
+            values = run.values(self.iteration(run, real, **structure))
+            checks = weight_checks({k: self.nets[k] for k in self.opts})
+        return self.regularised(self.finish(values), real.shape[0]), checks
+
+    def recorded(self):
+        """The networks that the static program holds: those the iteration updates, and G's moving average where
+        the iteration moves it."""
+        return tuple(self.opts)
+
+    def program(self, shape, structure):
+        """The static step recorded for `structure` and batches of `shape` (a new one when either changes)."""
+        key = (tuple(shape), tuple(sorted(structure.items())))
+        if self.fast is None or key != self.fast_key:
+            self.sync()
+            self.fast = static_steps().Recording(self, shape, structure, **self.static_options)
+            self.fast.load(self.nets, self.opts)
+            self.fast_key = key
+        return self.fast
 
     def sync(self):
         """Bring self.nets and self.opts up to date, where the static step keeps its own copy of them."""
@@ -308,80 +485,92 @@ def same(x):
     return x
 
 
-def d_step(D, opt_D, real, fake, tricks, reduce=None, agree=None, T=same, lecam=None):
-    """One D forward on a real batch and a fake one (not differentiated into G), and D's update.
+def d_step(run, D, real, fake, tricks, lecam=None):
+    """One D forward on a real batch and a fake one (not differentiated into G), and D's update (`run`: an Eager or a
+    faststep.Recording, see Method.iteration).
 
-    Returns the numbers: loss_D, D_real, D_fake (mean probabilities), err_R = BCE(D(real), 1),
-    err_F = BCE(D(fake), 0) and update_G, the balancing rule's word on G's update (the tricks
-    decide whether D and G update; Tricks() always updates both). `reduce(opt)`, when given,
-    averages the gradients of opt's parameters over processes, and `agree(values)` the errors
-    that the rule decides on, so that every process makes the same decision. D sees T(real) and
-    T(fake) (augment.Augment; one draw each); `lecam` (balance.LeCam) adds its term to D's loss.
+    Returns the tensors loss_D, D_real, D_fake (mean probabilities), err_R = BCE(D(real), 1),
+    err_F = BCE(D(fake), 0), sign_real, lecam (with `lecam`), kept_G = BCE(D(fake), 1) (G's loss should G's
+    updates be skipped) and the balancing rule's flags skip_D and skip_G (the tricks decide whether D and G
+    update; Tricks() always updates both). D sees run.T(real) and run.T(fake) (augment.Augment; one draw each);
+    `lecam` adds its term to D's loss.
     """
     # Real and fake go through D separately, so its BatchNorm sees all-real and all-fake batches.
-    logits_real, logits_fake = D(T(real)), D(T(fake.detach()))
+    logits_real, logits_fake = D(run.T(real)), D(run.T(fake.detach()))
     err_real = _bce(logits_real, paddle.ones_like(logits_real))
     err_fake = _bce(logits_fake, paddle.zeros_like(logits_fake))
-    update_d, update_g = tricks.decide(*agreed([float(err_real), float(err_fake)], tricks, agree))
+    skip_d, skip_g = run.decide(tricks, err_real, err_fake)
     if tricks.plain_labels:
         loss_D = err_real + err_fake
     else:
-        t_real, t_fake = tricks.targets(logits_real, logits_fake)
+        t_real, t_fake = run.targets(tricks, logits_real, logits_fake)
         loss_D = _bce(logits_real, t_real) + _bce(logits_fake, t_fake)
-    reg = lecam(logits_real, logits_fake) if lecam else None
-    if update_d:
-        extra = [t for t in (tricks.penalty(D), reg) if t is not None]
-        update(opt_D, sum(extra, loss_D), reduce, functools.partial(tricks.step, net="D"))
-    stats = {"loss_D": float(loss_D), "D_real": float(F.sigmoid(logits_real).mean()),
-             "D_fake": float(F.sigmoid(logits_fake).mean()), "err_R": float(err_real), "err_F": float(err_fake),
-             "update_G": update_g, "sign_real": float(paddle.sign(logits_real).mean())}
+    total = loss_D   # then the adaptive L2 term, then LeCam's
+    if tricks.balance == "l2":
+        total = total + l2_penalty(D, run.number("coef_l2"))
+    reg = run.lecam(logits_real, logits_fake) if lecam else None
     if reg is not None:
-        stats["lecam"] = float(reg)
-    if not update_g:  # G's loss all the same, from this forward: the L2 rule and the log need it
-        stats["loss_G"] = float(_bce(logits_fake, paddle.ones_like(logits_fake)))
-    return stats
+        total = total + reg
+    run.update("D", total, skip_d)
+    out = {"loss_D": loss_D, "D_real": F.sigmoid(logits_real).mean(), "D_fake": F.sigmoid(logits_fake).mean(),
+           "err_R": err_real, "err_F": err_fake, "sign_real": paddle.sign(logits_real).mean(),
+           "kept_G": _bce(logits_fake, paddle.ones_like(logits_fake)), "skip_D": skip_d, "skip_G": skip_g}
+    if reg is not None:
+        out["lecam"] = reg
+    return out
 
 
-def agreed(errors, tricks, agree):
-    """The D errors the balancing rule decides on: this process's, or with several processes their means."""
-    return agree(errors) if agree and tricks.skipping else errors
-
-
-def g_step(D, opt_G, fake, tricks, reduce=None, T=same):
-    """One G update from fakes still attached to G's graph: non-saturating BCE(D(T(fake)), 1)."""
+def g_step(run, D, fake):
+    """One G update from fakes still attached to G's graph: non-saturating BCE(D(T(fake)), 1). Returns the loss."""
     with frozen(D):  # D's weight gradients would be thrown away: do not compute them
-        logits = D(T(fake))
+        logits = D(run.T(fake))
         loss_G = _bce(logits, paddle.ones_like(logits))
-        update(opt_G, loss_G, reduce, functools.partial(tricks.step, net="G"))
-    return float(loss_G)
+        run.update("G", loss_G)
+    return loss_G
 
 
-def bce_iteration(G, D, opt_G, opt_D, real, z_dim, d_steps, g_steps, tricks, reduce=None, agree=None, T=same,
-                  lecam=None):
-    """d_steps D updates, then g_steps G updates; returns loss_D, D_real, D_fake, err_R, err_F, loss_G
-    and sign_real, the mean sign of D's outputs on reals (plus lecam, its term, with `lecam`).
+def bce_iteration(run, real, z_dim, d_steps, g_steps, tricks, lecam=None):
+    """d_steps D updates, then g_steps G updates of run.nets' G and D (`run`: see Method.iteration). Returns the
+    last D step's numbers (d_step), losses_G (the G updates' losses, None when skipped), kept_G of the first D step,
+    and skips_D, skips_G (the rule's flags of each D step).
 
     The first G update reuses the fakes of the first D update, graph and all, as the
     PyTorch DCGAN does: the same maths as a second G forward on the same noise, one forward
     fewer. Further D updates draw fresh fakes without a graph; further G updates fresh noise.
-    The balancing rule of `tricks` (balance.Tricks) may skip D's or G's updates; when G's are
-    skipped, loss_G is BCE(D(fake), 1) of the D step's forward. D sees T of every image (augment.py).
+    The balancing rule of `tricks` (balance.Tricks) may skip D's updates, and the first D step's word skips
+    G's whole phase (BCEMethod.finish then logs kept_G as loss_G). D sees run.T of every image (augment.py).
     """
+    G, D = run.nets["G"], run.nets["D"]
     n = real.shape[0]
-    fake = G(paddle.randn([n, z_dim]))
-    first = stats = d_step(D, opt_D, real, fake, tricks, reduce, agree, T, lecam)
-    for _ in range(d_steps - 1):
-        with paddle.no_grad():
-            more = G(paddle.randn([n, z_dim]))
-        stats = d_step(D, opt_D, real, more, tricks, reduce, agree, T, lecam)
-    if first["update_G"]:
-        losses = [g_step(D, opt_G, fake, tricks, reduce, T)] + [
-            g_step(D, opt_G, G(paddle.randn([n, z_dim])), tricks, reduce, T) for _ in range(g_steps - 1)]
-        loss_g = float(np.mean(losses))
-    else:
-        loss_g = first["loss_G"]
-    tricks.after(loss_g)
-    return {**{k: v for k, v in stats.items() if k not in ("update_G", "loss_G")}, "loss_G": loss_g}
+    fake = G(run.noise([n, z_dim]))
+    first, skips_d, skips_g = None, [], []
+    for i in range(d_steps):
+        more = fake
+        if i:
+            with paddle.no_grad():
+                more = G(run.noise([n, z_dim]))
+        out = d_step(run, D, real, more, tricks, lecam)
+        skips_d.append(out.pop("skip_D"))
+        skips_g.append(out.pop("skip_G"))
+        first = first or out
+
+    def g_phase():
+        return [g_step(run, D, fake if i == 0 else G(run.noise([n, z_dim]))) for i in range(g_steps)]
+
+    losses = run.phase(skips_g[0], g_phase, ("G",))
+    return {**out, "kept_G": first["kept_G"], "losses_G": losses, "skips_D": skips_d, "skips_G": skips_g}
+
+
+def bce_numbers(values, tricks):
+    """The log's numbers of bce_iteration's values (as numbers): loss_G is the G updates' mean loss, or kept_G where
+    the rule skipped G's phase. The tricks count the skips, and the L2 coefficient follows loss_G."""
+    values = dict(values)
+    skips_d, skips_g = values.pop("skips_D"), values.pop("skips_G")
+    tricks.count_skips(skips_d, skips_g)
+    losses, kept = values.pop("losses_G"), values.pop("kept_G")
+    values["loss_G"] = kept if skips_g[0] else float(np.mean(losses))
+    tricks.after(values["loss_G"])
+    return values
 
 
 class BCEMethod(Method):
@@ -411,42 +600,39 @@ class BCEMethod(Method):
 
     def __init__(self, cfg, arch, size, procs):
         super().__init__(cfg, arch, size, procs)
-        self.opts = {name: make_optimizer(cfg.optimizer, cfg.lr, cfg.beta1, cfg.beta2, self.nets[name].parameters())
-                     for name in ("G", "D")}
-        self.tricks = Tricks(balance=cfg.balance, margin=cfg.margin, optimizer=cfg.optimizer, lr=cfg.lr,
-                             real_label=cfg.real_label, label_jitter=cfg.label_jitter, flip_labels=cfg.flip_labels)
+        self.opts = self.optimizers(self.nets)
+        self.counter = self.tricks = Tricks(balance=cfg.balance, margin=cfg.margin, optimizer=cfg.optimizer, lr=cfg.lr,
+                                            real_label=cfg.real_label, label_jitter=cfg.label_jitter,
+                                            flip_labels=cfg.flip_labels)
         if cfg.ema:
             self.average_G()
 
+    def optimizers(self, nets):
+        cfg = self.cfg
+        return {name: make_optimizer(cfg.optimizer, cfg.lr, cfg.beta1, cfg.beta2, nets[name].parameters())
+                for name in ("G", "D")}
+
     def load_state(self, state):
-        self.tricks = self.tricks.continued(state)
+        self.tricks = self.counter = self.tricks.continued(state)
         self.load_regularity(state)
 
-    def start(self, pos, device):
-        cfg, G, D = self.cfg, self.nets["G"], self.nets["D"]
-        self.path = choose_step(cfg.step, device, self.arch, self.procs.world)
-        if self.path == "static":
-            self.fast = static_steps().FastStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
-                                          cfg.d_steps, cfg.g_steps, self.T, self.lecam, self.tricks)
-            self.fast.load(self.nets, self.opts)
-        self.G_run, self.D_run = self.procs.wrap(G), self.procs.wrap(D)
+    def numbers(self, pos):
+        return {"coef_l2": self.tricks.coef_l2} if self.tricks.balance == "l2" else {}
+
+    def iteration(self, run, real):
+        cfg = self.cfg
+        return bce_iteration(run, real, cfg.z_dim, cfg.d_steps, cfg.g_steps, self.tricks, self.lecam)
+
+    def finish(self, values):
+        return bce_numbers(values, self.tricks)
 
     def step(self, real, pos):
-        if self.fast is not None:
-            stats = self.fast(real)
-            self.stale = True
-            checks = {"G": stats.pop("G_check"), "D": stats.pop("D_check")}
-            if "G_ema" in self.nets:  # the average needs G's new weights every iteration
-                self.fast.store_net("G", self.nets["G"])
-        else:
-            cfg, procs = self.cfg, self.procs
-            self.own_noise(pos)
-            stats = bce_iteration(self.G_run, self.D_run, self.opts["G"], self.opts["D"], real, cfg.z_dim,
-                                  cfg.d_steps, cfg.g_steps, self.tricks, self.reduce, procs.mean, self.T, self.lecam)
-            checks = weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
+        out = super().step(real, pos)
         if "G_ema" in self.nets:
+            if self.fast is not None:  # the average needs G's new weights every iteration
+                self.fast.store_net("G", self.nets["G"])
             ema_update(self.nets["G_ema"], self.nets["G"], ema_beta(pos.iteration))
-        return self.regularised(stats, real.shape[0]), checks
+        return out
 
     def state(self, pos):
         # options and counters (L2 coefficient, updates, skips), ADA's p and LeCam's averages
@@ -488,7 +674,7 @@ def encode(E, real, noise):
 def vae_losses(E, G, real, noise):
     """(loss, KL, reconstruction error), batch means, of the VAE on `real`: E gives the mean and log-variance
     of z, z = mean + exp(logvar / 2) eps with eps = noise(shape), G decodes z. The eager step's and the
-    static program's (faststep.VAEStep), which passes a program input as the noise."""
+    static program's, which passes a program input as the noise."""
     z, kl = encode(E, real, noise)
     rec = reconstruction_error(real, G(z)).mean()
     return kl + rec, kl, rec
@@ -504,7 +690,7 @@ class VAEMethod(Method):
     the mean and log-variance of z, the decoder G draws x from z = mean + exp(logvar / 2) eps; the loss per
     image is KL(q(z|x) || N(0, I)) + the pixel-wise reconstruction error, averaged over the batch, one Adam
     step of both networks per iteration. Faces come from z ~ N(0, I) through G. On the CPU the iteration
-    runs as faststep.VAEStep's static program, built from the same vae_losses."""
+    runs as a static program recorded from the same `iteration`."""
     order = ("E", "G")
     loss_label = "per-image loss"
     headline = ("loss_E", "kl", "reconstruction")
@@ -512,26 +698,21 @@ class VAEMethod(Method):
 
     def __init__(self, cfg, arch, size, procs):
         super().__init__(cfg, arch, size, procs)
-        self.opts = {name: make_optimizer("adam", cfg.lr, cfg.beta1, cfg.beta2, self.nets[name].parameters())
-                     for name in ("E", "G")}
+        self.opts = self.optimizers(self.nets)
 
-    def start(self, pos, device):
-        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world)
-        self.E_run, self.G_run = self.procs.wrap(self.nets["E"]), self.procs.wrap(self.nets["G"])
-        if self.path == "static":
-            cfg = self.cfg
-            self.fast = static_steps().VAEStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
-                                               vae_losses)
-            self.fast.load(self.nets, self.opts)
+    def optimizers(self, nets):
+        cfg = self.cfg
+        return {name: make_optimizer("adam", cfg.lr, cfg.beta1, cfg.beta2, nets[name].parameters())
+                for name in ("E", "G")}
 
-    def step(self, real, pos):
-        if self.fast is not None:
-            out = self.fast(real)
-            self.stale = True
-            return vae_stats(out["loss"], out["kl"], out["reconstruction"]), {"E": out["E_check"], "G": out["G_check"]}
-        loss, kl, rec = vae_losses(self.E_run, self.G_run, real, paddle.randn)
-        update(list(self.opts.values()), loss, self.reduce)
-        return vae_stats(loss, kl, rec), weight_checks(self.nets)
+    def iteration(self, run, real):
+        """vae_losses, then one backward of the loss and each optimizer's step."""
+        loss, kl, rec = vae_losses(run.nets["E"], run.nets["G"], real, run.noise)
+        run.update(("E", "G"), loss)
+        return {"loss": loss, "kl": kl, "reconstruction": rec}
+
+    def finish(self, values):
+        return vae_stats(values["loss"], values["kl"], values["reconstruction"])
 
     def plots(self, history, folder):
         plot_curves(history, {"kl": "KL to N(0, I)", "reconstruction": "reconstruction error"}, self.loss_label,
@@ -560,7 +741,7 @@ def feature_error(D, reconstructed, real):
 
 def vaegan_vae_losses(E, G, D, real, noise):
     """The VAE/GAN's VAE half: (z, KL, L_llike) for `real`, z = mean + exp(logvar / 2) eps with eps = noise(shape).
-    Call it with D frozen (L_llike trains E and G, never D). The eager step's and faststep.VAEGANStep's."""
+    Call it with D frozen (L_llike trains E and G, never D)."""
     z, kl = encode(E, real, noise)
     return z, kl, feature_error(D, G(z), real)
 
@@ -595,8 +776,7 @@ class VAEGANMethod(Method):
       reference's `dec_update` does.
 
     One forward of each network per loss and three backward passes; RMSProp by default, as the reference.
-    On the CPU the iteration runs as faststep.VAEGANStep's static program, built from the same two halves
-    (vaegan_vae_losses, vaegan_gan_losses).
+    On the CPU the iteration runs as a static program recorded from the same `iteration`.
 
     On --d-reconstructions: the paper's Algorithm 1 has D classify reconstructions too. In the reference
     code (aegan.py, AEGAN.setup) `sample_z=True`, the default of every script, concatenates the encoded z
@@ -625,66 +805,46 @@ class VAEGANMethod(Method):
         if cfg.balance == "l2":
             raise ConfigError(f"--balance l2 is the Torch blog's rule for a plain GAN; --arch {arch} balances with "
                               "equilibrium, margin or none")
-        self.opts = {name: make_optimizer(cfg.optimizer, cfg.lr, cfg.beta1, cfg.beta2, net.parameters())
-                     for name, net in self.nets.items()}
+        self.opts = self.optimizers(self.nets)
         self.tricks = Tricks(balance=cfg.balance, margin=cfg.margin, optimizer=cfg.optimizer, lr=cfg.lr)
+
+    def optimizers(self, nets):
+        cfg = self.cfg
+        return {name: make_optimizer(cfg.optimizer, cfg.lr, cfg.beta1, cfg.beta2, nets[name].parameters())
+                for name in ("E", "G", "D")}
 
     def load_state(self, state):
         self.tricks = self.tricks.continued(state)
         self.load_regularity(state)
 
-    def start(self, pos, device):
+    def iteration(self, run, real):
+        """Three backward passes into the networks' gradients, then the steps the balancing rule allows."""
         cfg = self.cfg
-        self.path = choose_step(cfg.step, device, self.arch, self.procs.world)
-        self.run = {name: self.procs.wrap(net) for name, net in self.nets.items()}
-        if self.path == "static":
-            self.fast = static_steps().VAEGANStep(self.arch, self.args, cfg.batch_size, cfg.lr, cfg.beta1, cfg.beta2,
-                                            cfg.gamma, cfg.d_reconstructions, self.T, self.tricks,
-                                            (vaegan_vae_losses, vaegan_gan_losses))
-            self.fast.load(self.nets, self.opts)
-
-    def static_step(self, real):
-        stats = self.fast(real)
-        self.stale = True
-        checks = {name: stats.pop(f"{name}_check") for name in self.order}
-        return self.regularised(stats, real.shape[0]), checks
-
-    def step(self, real, pos):
-        cfg, procs, tricks = self.cfg, self.procs, self.tricks
-        E, G, D = self.run["E"], self.run["G"], self.run["D"]
-        self.own_noise(pos)
-        if self.fast is not None:
-            return self.static_step(real)
-        for opt in self.opts.values():
-            opt.clear_grad()
+        E, G, D = run.nets["E"], run.nets["G"], run.nets["D"]
         # the VAE: E's loss KL + L_llike; G keeps gamma times L_llike's gradient
-        with frozen(self.nets["D"]):
-            z, kl, llike = vaegan_vae_losses(E, G, self.nets["D"], real, paddle.randn)
-            (kl + llike).backward()
-        with paddle.no_grad():
-            for p in self.nets["G"].parameters():
-                if p.grad is not None:
-                    p.grad.scale_(cfg.gamma)
+        with frozen(run.plain["D"]):
+            z, kl, llike = vaegan_vae_losses(E, G, run.plain["D"], real, run.noise)
+            run.backward(kl + llike, ("E", "G"))
+        run.scale("G", cfg.gamma)
         # the GAN: D's loss 0.5 L_GAN; G's gradient of it reversed and doubled, the gradient of -L_GAN
         n = real.shape[0]
-        logits, err_real, err_fake = vaegan_gan_losses(G, D, self.T, real, z, paddle.randn, cfg.z_dim,
+        logits, err_real, err_fake = vaegan_gan_losses(G, D, run.T, real, z, run.noise, cfg.z_dim,
                                                        cfg.d_reconstructions)
-        (0.5 * err_real + 0.5 * err_fake).backward()
-        update_d, update_g = tricks.decide(*agreed([float(err_real), float(err_fake)], tricks, procs.mean))
-        reduce = self.reduce
-        for name, stepping in (("E", True), ("G", update_g), ("D", update_d)):
-            if reduce:  # every process joins every reduction, whatever the rule decided
-                reduce(self.opts[name])
-            if stepping:
-                self.opts[name].step()
+        loss_D = 0.5 * err_real + 0.5 * err_fake
+        run.backward(loss_D, ("G", "D"))
+        skip_d, skip_g = run.decide(self.tricks, err_real, err_fake)
+        for name, skip in (("E", None), ("G", skip_g), ("D", skip_d)):
+            run.step(name, skip)
         probs = F.sigmoid(logits)
-        stats = {"loss_E": float(kl + llike), "kl": float(kl), "llike": float(llike),
-                 "loss_G": cfg.gamma * float(llike) - float(err_real + err_fake),
-                 "loss_D": float(0.5 * err_real + 0.5 * err_fake),
-                 "err_R": float(err_real), "err_F": float(err_fake),
-                 "D_real": float(probs[:n].mean()), "D_fake": float(probs[n:].mean()),
-                 "sign_real": float(paddle.sign(logits[:n]).mean())}
-        return self.regularised(stats, n), weight_checks(self.nets)
+        return {"loss_E": kl + llike, "kl": kl, "llike": llike, "errors": err_real + err_fake, "loss_D": loss_D,
+                "err_R": err_real, "err_F": err_fake, "D_real": probs[:n].mean(), "D_fake": probs[n:].mean(),
+                "sign_real": paddle.sign(logits[:n]).mean(), "skips_D": [skip_d], "skips_G": [skip_g]}
+
+    def finish(self, values):
+        values = dict(values)
+        self.tricks.count_skips(values.pop("skips_D"), values.pop("skips_G"))
+        errors = values.pop("errors")
+        return {**values, "loss_G": self.cfg.gamma * values["llike"] - errors}
 
     def state(self, pos):
         return {**self.tricks.state(), **self.regularity_state()}

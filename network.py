@@ -539,7 +539,7 @@ def pggan_ops(form):
 
 def fading(alpha):
     """Whether a stage of `alpha` blends in the previous resolution: alpha below 1, or a tensor (the static
-    training step feeds alpha to its program; faststep.ProgressiveStep)."""
+    training step feeds alpha to its program, progressive.iteration)."""
     return not isinstance(alpha, (int, float)) or alpha < 1.0
 
 
@@ -579,7 +579,7 @@ class PGGANGenerator(nn.Layer):
     def set_stage(self, res, alpha=1.0):
         if res not in self.nf:
             raise ValueError(f"resolution {res} is not one of {list(self.nf)}")
-        self.res, self.alpha = res, float(alpha)
+        self.res, self.alpha = res, float(alpha) if isinstance(alpha, (int, float)) else alpha   # or a program input
 
     def _act(self, x):
         return self.ops["pixel_norm"](F.leaky_relu(x, 0.2))
@@ -625,7 +625,7 @@ class PGGANDiscriminator(nn.Layer):
     def set_stage(self, res, alpha=1.0):
         if res not in self.nf:
             raise ValueError(f"resolution {res} is not one of {list(self.nf)}")
-        self.res, self.alpha = res, float(alpha)
+        self.res, self.alpha = res, float(alpha) if isinstance(alpha, (int, float)) else alpha   # or a program input
 
     def forward(self, img, tape=None):
         """[N] scores (WGAN: not logits). `tape`, a list, receives each step of the pass for input_gradient."""
@@ -668,7 +668,7 @@ class PGGANDiscriminator(nn.Layer):
         with the flipped, transposed kernels, leaky ReLU's slopes, pooling's spread, the minibatch stddev's
         derivative. It equals paddle.grad(D(img).sum(), img) to float rounding (tests/test_faststep.py), and a
         gradient of it (WGAN-GP's penalty) then needs no second derivatives: Paddle 3.3 has no oneDNN kernel
-        for conv2d_grad_grad, which was the largest op of PG-GAN's static step (faststep.ProgressiveStep).
+        for conv2d_grad_grad, which was the largest op of PG-GAN's static step (progressive.input_gradient).
         """
         tape = []
         self.forward(img, tape)

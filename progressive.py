@@ -24,8 +24,7 @@ import paddle
 
 import network
 from balance import make_optimizer
-from control import weight_checks
-from methods import Method, choose_step, ema_beta, ema_update, frozen, same, static_steps, update
+from methods import Method, ema_beta, ema_update, frozen
 from network import downsample, upsample
 from runtime import ConfigError
 
@@ -77,48 +76,60 @@ def real_at(images, res, alpha):
     return images
 
 
-def gradient_penalty(D, real, fake):
-    """10 * mean over images of (||grad_x D(x_hat)|| - 1)^2, x_hat = lerp(real, fake, u)."""
-    u = paddle.rand([real.shape[0], 1, 1, 1])
+def input_gradient(D, x, impl="autograd"):
+    """The gradient of D's scores' sum at the images `x`, as a differentiable tensor. impl="autograd" (the
+    reference) takes it with paddle.grad(create_graph=True), whose backward is a double backward;
+    impl="analytic" takes it from PGGANDiscriminator.input_gradient, first-order ops only, which the static
+    program builds (it equals autograd to float rounding: tests/test_faststep.py)."""
+    if impl == "analytic":
+        return D.input_gradient(x)
+    x.stop_gradient = False
+    grad, = paddle.grad(D(x).sum(), x, create_graph=True)
+    return grad
+
+
+def gradient_penalty(D, real, fake, u, impl="autograd"):
+    """10 * mean over images of (||grad_x D(x_hat)|| - 1)^2, x_hat = lerp(real, fake, u) (u: [N, 1, 1, 1] in [0, 1))."""
     x_hat = real + (fake - real) * u
-    x_hat.stop_gradient = False
-    grad, = paddle.grad(D(x_hat).sum(), x_hat, create_graph=True)
+    grad = input_gradient(D, x_hat, impl)
     norm = paddle.sqrt((grad * grad).reshape([grad.shape[0], -1]).sum(axis=1) + 1e-12)
     return GP_WEIGHT * ((norm - 1.0) ** 2).mean()
 
 
-def iteration(G, D, G_ema, opt_G, opt_D, real, z_dim, res, alpha, updates, reduce=None, T=same, lecam=None):
-    """One D step and one G step of WGAN-GP at (res, alpha); returns the numbers for the log.
+def iteration(run, real, z_dim, res, fading, lecam=None):
+    """One D step and one G step of WGAN-GP at (res, alpha), and G's moving average (`run`: an Eager or a
+    faststep.Recording, see Method.iteration; real: progressive.real_at of the batch). alpha is run.number("alpha")
+    while `fading`; the average takes run.number("ema_beta") of itself and "ema_rest" of G. Returns the numbers
+    for the log, as tensors.
 
-    `updates`: G updates before this one, for the moving average's warm-up. D sees T(real) and T(fake)
-    (augment.py) and the gradient penalty is taken between those: D is only ever asked for its
-    outputs on augmented images, so that is where its slope must be held near 1; the penalty's
+    D sees T(real) and T(fake) (augment.py) and the gradient penalty is taken between those: D is only ever asked
+    for its outputs on augmented images, so that is where its slope must be held near 1; the penalty's
     lines then run between the two distributions D actually compares, as WGAN-GP's argument asks.
     `lecam` (balance.LeCam) adds its term to D's loss.
     """
-    for net in (G, D, G_ema):
+    G, D, T = run.nets["G"], run.nets["D"], run.T
+    alpha = run.number("alpha") if fading else 1.0
+    for net in run.plain.values():
         net.set_stage(res, alpha)
-    real = real_at(real, res, alpha)
     n = real.shape[0]
     with paddle.no_grad():
-        fake = G(paddle.randn([n, z_dim]))
-    real, fake = T(real), T(fake)
+        fake = G(run.noise([n, z_dim]))
+    real, fake = T(real), T(fake.detach())
     score_real, score_fake = D(real), D(fake)
-    gp = gradient_penalty(D, real, fake)
+    gp = gradient_penalty(D, real, fake, run.uniform([n, 1, 1, 1]), run.input_gradient)
     wasserstein = score_fake.mean() - score_real.mean()
     loss_D = wasserstein + gp + DRIFT * (score_real * score_real).mean()
-    reg = lecam(score_real, score_fake) if lecam else None
-    update(opt_D, loss_D if reg is None else loss_D + reg, reduce)
-    with frozen(D):  # G's update needs no D weight gradients
-        loss_G = -D(T(G(paddle.randn([n, z_dim])))).mean()
-        update(opt_G, loss_G, reduce)
-    ema_update(G_ema, G, ema_beta(updates))
-    stats = {"loss_D": float(loss_D), "loss_G": float(loss_G), "gp": float(gp), "wasserstein": float(-wasserstein),
-             "D_real": float(score_real.mean()), "D_fake": float(score_fake.mean()),
-             "sign_real": float(paddle.sign(score_real).mean())}
+    reg = run.lecam(score_real, score_fake) if lecam else None
+    run.update("D", loss_D if reg is None else loss_D + reg)
+    with frozen(run.plain["D"]):  # G's update needs no D weight gradients
+        loss_G = -D(T(G(run.noise([n, z_dim])))).mean()
+        run.update("G", loss_G)
+    ema_update(run.plain["G_ema"], run.plain["G"], run.number("ema_beta"), run.number("ema_rest"), run.assign)
+    out = {"loss_D": loss_D, "loss_G": loss_G, "gp": gp, "wasserstein": -wasserstein, "D_real": score_real.mean(),
+           "D_fake": score_fake.mean(), "sign_real": paddle.sign(score_real).mean()}
     if reg is not None:
-        stats["lecam"] = float(reg)
-    return stats
+        out["lecam"] = reg
+    return out
 
 
 class ProgressiveMethod(Method):
@@ -158,9 +169,12 @@ class ProgressiveMethod(Method):
 
     def new_optimizers(self):
         """Fresh Adam state, as the official code at the start of every phase."""
+        self.opts = self.optimizers(self.nets)
+
+    def optimizers(self, nets):
         cfg = self.cfg
-        self.opts = {name: make_optimizer("adam", cfg.lr, cfg.beta1, cfg.beta2, self.nets[name].parameters())
-                     for name in ("G", "D")}
+        return {name: make_optimizer("adam", cfg.lr, cfg.beta1, cfg.beta2, nets[name].parameters())
+                for name in ("G", "D")}
 
     def batching(self, size):
         spec = self.cfg.batch_sizes
@@ -179,10 +193,26 @@ class ProgressiveMethod(Method):
         return stage(images_seen, self.phase_images, self.size)
 
     def start(self, pos, device):
-        self.path = choose_step(self.cfg.step, device, self.arch, self.procs.world)
+        super().start(pos, device)
         self.phase = self.at(pos.images_seen)[2]
-        self.G_run, self.D_run = self.procs.wrap(self.nets["G"]), self.procs.wrap(self.nets["D"])
-        self.fast, self.fast_key = None, None
+
+    def recorded(self):
+        return ("G", "D", "G_ema")
+
+    def structure(self, pos):
+        res, alpha, _ = self.at(pos.images_seen)
+        return {"res": res, "fading": alpha < 1.0}
+
+    def numbers(self, pos):
+        alpha, beta = self.at(pos.images_seen)[1], ema_beta(pos.iteration)
+        return {"alpha": alpha, "ema_beta": beta, "ema_rest": 1.0 - beta}
+
+    def prepare(self, real, pos):
+        res, alpha, _ = self.at(pos.images_seen)
+        return real_at(real, res, alpha)
+
+    def iteration(self, run, real, res, fading):
+        return iteration(run, real, self.cfg.z_dim, res, fading, self.lecam)
 
     def step(self, real, pos):
         res, alpha, phase = self.at(pos.images_seen)
@@ -190,29 +220,10 @@ class ProgressiveMethod(Method):
             self.sync()  # the weights the last phase reached; its optimizer state goes
             self.new_optimizers()
             self.phase, self.fast = phase, None
-        if self.path == "static":
-            return self.static_step(real, pos, res, alpha)
-        stats = iteration(self.G_run, self.D_run, self.nets["G_ema"], self.opts["G"], self.opts["D"], real,
-                          self.cfg.z_dim, res, alpha, pos.iteration, self.reduce, self.T, self.lecam)
-        stats = self.regularised(dict(stats, res=res, alpha=round(alpha, 4)), real.shape[0])
-        return stats, weight_checks({"G": self.nets["G"], "D": self.nets["D"]})
-
-    def static_step(self, real, pos, res, alpha):
-        """`iteration` as faststep.ProgressiveStep's program: one per stage (resolution, fading or not) and batch."""
-        key = (res, alpha < 1.0, real.shape[0])
-        if self.fast is None or key != self.fast_key:
-            self.sync()
-            cfg = self.cfg
-            self.fast = static_steps().ProgressiveStep(self.arch, self.args, res, alpha < 1.0, real.shape[0], cfg.lr,
-                                                 cfg.beta1, cfg.beta2, GP_WEIGHT, DRIFT, self.T, self.lecam)
-            self.fast.load(self.nets, self.opts)
-            self.fast_key = key
+        stats, checks = super().step(real, pos)
         for net in self.nets.values():  # samples and evaluation draw at the stage reached
             net.set_stage(res, alpha)
-        stats = self.fast(real_at(real, res, alpha), alpha, ema_beta(pos.iteration))
-        self.stale = True
-        checks = {"G": stats.pop("G_check"), "D": stats.pop("D_check")}
-        return self.regularised(dict(stats, res=res, alpha=round(alpha, 4)), real.shape[0]), checks
+        return dict(stats, res=res, alpha=round(alpha, 4)), checks
 
     def state(self, pos):
         return {"stage": dict(zip(("res", "alpha", "phase"), self.at(pos.images_seen))), **self.regularity_state()}

@@ -13,7 +13,6 @@ Examples:
     python benchmarks/onednn_ops.py --arch pggan --variant act=leaky_relu --rounds 20 --steps 4
 """
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -28,17 +27,6 @@ from paddle.base.framework import OpProtoHolder  # noqa: E402
 import faststep  # noqa: E402
 import network  # noqa: E402
 import train_step  # noqa: E402
-
-
-@contextlib.contextmanager
-def onednn_ops(ops):
-    """While steps are built: `ops` run on oneDNN (the set is read when a static step builds its program)."""
-    saved = faststep.StaticStep.onednn
-    faststep.StaticStep.onednn = tuple(ops)
-    try:
-        yield
-    finally:
-        faststep.StaticStep.onednn = saved
 
 
 def parse_variant(text):
@@ -58,8 +46,7 @@ def measure(cfg, variants, rounds, steps):
     sets = {"base": list(faststep.ONEDNN_OPS), **{k: list(faststep.ONEDNN_OPS) + v for k, v in variants.items()}}
     runs = {}
     for name, ops in sets.items():
-        with onednn_ops(ops):
-            step, cfg_, path, _ = train_step.prepare(cfg)
+        step, cfg_, path, _ = train_step.prepare(cfg, onednn=tuple(ops))
         if path != "static":
             raise runtime.ConfigError(f"--arch {cfg.arch} trains on the {path} step here, not the static one")
         step()   # the first run builds oneDNN's primitives

@@ -84,13 +84,14 @@ def run_config(cfg):
                         g_steps=run.g_steps if train.applies("g_steps", arch) else None)
 
 
-def prepare(cfg):
+def prepare(cfg, **static_options):
     """(step, cfg with its sizes filled, the method's path, device): `step()` runs one training iteration as
-    train.py would, on a fixed random batch."""
+    train.py would, on a fixed random batch. `static_options`: faststep.Recording's keyword arguments."""
     device = runtime.select_device(cfg.device)
     run, cfg = run_config(cfg)
     paddle.seed(0)
     method = train.METHODS[network.architecture(cfg.arch).method](run, cfg.arch, cfg.size, Processes())
+    method.static_options.update(static_options)
     final = train.Position(images_seen=10 ** 12)  # PG-GAN: its last phase, stabilised; the others ignore it
     most, batch_at, _ = method.batching(cfg.size)
     cfg = replace(cfg, batch=batch_at(final.images_seen) if batch_at else most)

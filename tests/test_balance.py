@@ -1,6 +1,7 @@
 """balance.py and --arch torchblog: the Torch blog's rules, label tricks, RMSProp warm-up, monitor plot."""
 import json
 import os
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -77,10 +78,16 @@ def test_rmsprop_steps_warm_up_and_count():
 
 def test_l2_penalty_is_half_the_squared_weights():
     D = network.TorchBlogDiscriminator(size=8, width=4)
-    assert Tricks(balance="l2").penalty(D) is None  # coefficient 0: no term at all
-    tricks = Tricks(balance="l2", coef_l2=0.5)
+    assert float(balance.l2_penalty(D, 0.0)) == 0.0
     expected = 0.5 * sum(float((p * p).sum()) for p in D.parameters() if p.trainable) / 2
-    assert float(tricks.penalty(D)) == pytest.approx(expected, rel=1e-5)
+    assert float(balance.l2_penalty(D, 0.5)) == pytest.approx(expected, rel=1e-5)
+
+
+def iterate(G, D, opt_G, opt_D, real, tricks, agree=None):
+    """One eager BCE iteration (d_steps 1, g_steps 2) with `tricks`; `agree`, the mean over several processes."""
+    procs = SimpleNamespace(world=2, mean=agree) if agree else None
+    run = methods.Eager({"G": G, "D": D}, {"G": opt_G, "D": opt_D}, counter=tricks, procs=procs)
+    return methods.bce_numbers(run.values(methods.bce_iteration(run, real, 100, 1, 2, tricks)), tricks)
 
 
 class Oracle(paddle.nn.Layer):
@@ -108,7 +115,7 @@ def test_a_too_strong_D_waits_and_a_too_weak_D_stops_G(real_logit, fake_logit, s
     tricks = Tricks(balance="margin", margin=0.3)
     before = {k: v.numpy().copy() for k, v in G.state_dict().items() if not k.endswith(("_mean", "_variance"))}
     for _ in range(5):
-        stats = methods.bce_iteration(G, D, opt_G, opt_D, real, 100, 1, 2, tricks)
+        stats = iterate(G, D, opt_G, opt_D, real, tricks)
     moved = any(not np.array_equal(v, G.state_dict()[k].numpy()) for k, v in before.items())
     if skipped == "D":  # errors near 0: D is not updated, G goes on learning
         assert (tricks.d_skips, tricks.g_skips, tricks.d_updates, tricks.g_updates) == (5, 0, 0, 10) and moved
@@ -132,11 +139,11 @@ def test_with_several_processes_the_rule_decides_on_their_mean_errors(rule):
     asked = []
     agree = lambda errors: asked.append(errors) or [0.6, 0.6]   # noqa: E731
     alone, together = Tricks(balance=rule, margin=0.3), Tricks(balance=rule, margin=0.3)
-    methods.bce_iteration(G, D, opt_G, opt_D, real, 100, 1, 2, alone)
-    methods.bce_iteration(G, D, opt_G, opt_D, real, 100, 1, 2, together, agree=agree)
+    iterate(G, D, opt_G, opt_D, real, alone)
+    iterate(G, D, opt_G, opt_D, real, together, agree=agree)
     assert (alone.d_skips, together.d_skips, together.d_updates) == (1, 0, 1)
     assert len(asked) == 1 and max(asked[0]) < 0.01      # this process's own errors went into the mean
-    methods.bce_iteration(G, D, opt_G, opt_D, real, 100, 1, 2, Tricks(), agree=agree)
+    iterate(G, D, opt_G, opt_D, real, Tricks(), agree=agree)
     assert len(asked) == 1                                # no rule, nothing to agree on: no communication
 
 

@@ -1,126 +1,125 @@
-"""faststep.py: the static CPU training step computes what the dygraph step computes."""
+"""faststep.py: the static CPU training step computes what the eager step computes.
+
+Each method's iteration is written once (methods.Method.iteration); the eager step runs it, and faststep.Recording
+records it as a static program. These tests run one method on both steps from the same seed and compare the
+numbers, the decisions, the counters and every weight, statistic and optimizer moment.
+"""
 import numpy as np
 import paddle
 import pytest
 
-import balance
 import checkpoint
 import control
 import faststep
 import methods
 import network
-import progressive
 import train
-from augment import Augment
-from balance import LeCam, Tricks
 
 
-def setup(seed=1, size=16, width=8, arch="dcgan"):
-    paddle.seed(seed)
-    G, D = network.build(arch, size=size, width=width).values()
-    adam = dict(learning_rate=2e-4, beta1=0.5, beta2=0.999)
-    return G, D, paddle.optimizer.Adam(parameters=G.parameters(), **adam), paddle.optimizer.Adam(parameters=D.parameters(), **adam)
+# ----------------------------------------------------------------------------- a method on both steps
+
+def twins(data, arch, size=16, batch=8, p=None, position=None, warm=False, **options):
+    """{"static": method, "dygraph": method}: the method of `arch` for train.TrainConfig `options` (the tutorial's
+    defaults for the rest) on each step, from the same seed; `p` sets augmentation's probability on both.
+
+    With `warm`, both first take one eager iteration, so that the static step starts from real optimizer moments
+    (loaded into its program): Adam's first update moves each weight by about lr * sign(gradient), and where a
+    gradient is float noise its sign follows the order of the sums."""
+    runs = {}
+    for step in ("static", "dygraph"):
+        cfg = train.TrainConfig(data=data, out="unused", arch=arch, batch_size=batch, step=step, device="cpu",
+                                **options)
+        cfg = train.resolve_defaults(cfg, {"embedded": False, "count": 100_000}, 1)
+        paddle.seed(1)
+        method = train.METHODS[network.architecture(arch).method](cfg, arch, size, control.Processes())
+        if p is not None:
+            method.T.p = p
+        method.start(position or train.Position(), "cpu")
+        assert method.path == step
+        if warm:
+            paddle.seed(5)
+            method.path = "dygraph"
+            method.step(batches(1, batch, size)[0], position or train.Position())
+            method.path = step
+        runs[step] = method
+    return runs
 
 
-def held(G, D, opt_G, opt_D):
-    """FastStep.load's and store's arguments: {key: network}, {key: optimizer}."""
-    return {"G": G, "D": D}, {"G": opt_G, "D": opt_D}
+def batches(count, batch=8, size=16):
+    paddle.seed(0)
+    return [paddle.uniform([batch, 3, size, size], min=-1, max=1) for _ in range(count)]
 
 
-def state(G, D, opt_G, opt_D):
-    """Every number of the training state, keyed by structure: weights, BN statistics, Adam moments."""
-    out = {}
-    for key, net, opt in (("G", G, opt_G), ("D", D, opt_D)):
-        names = {}
-        for k, v in net.state_dict().items():
-            out[f"{key}.{k}"] = v.numpy().copy()
-            names[v.name] = k
-        for k, v in opt.state_dict().items():
-            if hasattr(v, "numpy"):
-                base = max((n for n in names if k.startswith(n + "_")), key=len)
-                out[f"{key}.{names[base]}.{k[len(base) + 1:]}"] = v.numpy().copy()
+def step_both(runs, real, positions=None, seed=42):
+    """Each method's steps on the batches `real` from the same seed: {step: [(stats, checks), ...]}; then each
+    method's networks and optimizers up to date (sync), and what the generator would draw next."""
+    results, following = {}, {}
+    for step, method in runs.items():
+        paddle.seed(seed)
+        results[step] = [method.step(x, pos) for x, pos in zip(real, positions or [train.Position()] * len(real))]
+        method.sync()
+        following[step] = paddle.rand([8]).numpy()
+    assert np.array_equal(following["static"], following["dygraph"])  # the same numbers drawn, none more
+    return results
+
+
+def assert_numbers_close(results, rel=1e-4, abs=1e-6):
+    for i, ((e, e_checks), (g, g_checks)) in enumerate(zip(results["dygraph"], results["static"])):
+        assert set(g) == set(e)
+        for k in e:
+            assert g[k] == pytest.approx(e[k], rel=rel, abs=abs), (i, k)
+        assert list(g_checks) == list(e_checks)
+        assert list(g_checks.values()) == pytest.approx(list(e_checks.values()), rel=1e-4)
+
+
+def every_number(nets, opts):
+    """Every number of the training state, keyed by structure: weights, BN statistics, optimizer moments."""
+    out = {f"{key}.{k}": v.numpy().copy() for key, net in nets.items() for k, v in net.state_dict().items()}
+    for key, opt in opts.items():
+        for k, entries in checkpoint.optimizer_state(opt, nets[key]).items():
+            out.update({f"opt_{key}.{k}.{name}": np.asarray(v).copy() for name, v in entries.items()})
     return out
+
+
+def assert_states_close(runs, rtol=1e-4, atol=1e-6):
+    eager, static = runs["dygraph"], runs["static"]
+    want, have = every_number(eager.nets, eager.opts), every_number(static.nets, static.opts)
+    assert set(want) == set(have) and any("moment" in k or "mean_square" in k for k in want)
+    for k in want:
+        np.testing.assert_allclose(have[k], want[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+PLAIN = dict(augment="none", ema=False, lecam=0.0)   # the BCE GANs without the built-in faces' recipe
 
 
 @pytest.mark.parametrize("arch, d_steps, g_steps", [("dcgan", 1, 2), ("dcgan", 2, 1), ("dcgan", 1, 1),
                                                     ("torchblog", 1, 2), ("torchblog", 2, 1)])
-def test_static_step_equals_the_dygraph_step(arch, d_steps, g_steps):
+def test_static_step_equals_the_dygraph_step(lfw8, arch, d_steps, g_steps):
     """The same losses and weights; torchblog's dropout drops the same units from the same seed."""
-    batch = 8
-    real = [paddle.uniform([batch, 3, 16, 16], min=-1, max=1) for _ in range(3)]
-    plain, static = setup(arch=arch), setup(arch=arch)
-    # one dygraph iteration on both first, so `load` carries real Adam moments across
-    for objects in (plain, static):
-        paddle.seed(5)
-        methods.bce_iteration(*objects, real[0], 100, d_steps, g_steps, Tricks())
-    step = faststep.FastStep(arch, plain[0].args, batch, 2e-4, 0.5, 0.999, d_steps, g_steps)
-    step.load(*held(*static))
-    for i, x in enumerate(real):
-        paddle.seed(10 + i)
-        expected = methods.bce_iteration(*plain, x, 100, d_steps, g_steps, Tricks())
-        paddle.seed(10 + i)
-        got = step(x)
-        checks = [got.pop("G_check"), got.pop("D_check")]
-        assert checks == pytest.approx(list(control.weight_checks({"G": plain[0], "D": plain[1]}).values()), rel=1e-4)
-        assert set(got) == set(expected)
-        for k in expected:
-            assert got[k] == pytest.approx(expected[k], rel=1e-4), (i, k)
-    step.store(*held(*static))
-    want, have = state(*plain), state(*static)
-    assert set(want) == set(have) and any(k.endswith("moment2_0") for k in want)
-    for k in want:  # float32 sums in another order: about 1e-6 relative after 4 iterations
-        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    runs = twins(lfw8, arch, width=8, d_steps=d_steps, g_steps=g_steps, **PLAIN, warm=True)
+    assert_numbers_close(step_both(runs, batches(3)))
+    assert_states_close(runs, atol=1e-5)  # float32 sums in another order: about 1e-6 relative after 3 iterations
 
 
-@pytest.mark.parametrize("kind, p, lecam", [("diffaug", 0.0, None), ("ada", 0.7, None), ("none", 0.0, 0.5),
+@pytest.mark.parametrize("kind, p, lecam", [("diffaug", 0.0, 0.0), ("ada", 0.7, 0.0), ("none", 0.0, 0.5),
                                              ("ada", 0.3, 0.3)])
-def test_static_step_equals_the_dygraph_step_with_augmentation_and_lecam(kind, p, lecam):
+def test_static_step_equals_the_dygraph_step_with_augmentation_and_lecam(lfw8, kind, p, lecam):
     """The same T from the same seed, and LeCam's averages, on both paths (d_steps 2 draws more)."""
-    batch, d_steps, g_steps = 8, 2, 2
-    real = [paddle.uniform([batch, 3, 16, 16], min=-1, max=1) for _ in range(3)]
-    plain, static = setup(), setup()
-    eager_T, eager_lecam = Augment(kind, p), LeCam(lecam) if lecam else None
-    static_T, static_lecam = Augment(kind, p), LeCam(lecam) if lecam else None
-    step = faststep.FastStep("dcgan", plain[0].args, batch, 2e-4, 0.5, 0.999, d_steps, g_steps, static_T, static_lecam)
-    step.load(*held(*static))
-    for i, x in enumerate(real):
-        paddle.seed(10 + i)
-        expected = methods.bce_iteration(*plain, x, 100, d_steps, g_steps, Tricks(), T=eager_T, lecam=eager_lecam)
-        paddle.seed(10 + i)
-        got = step(x)
-        got.pop("G_check"), got.pop("D_check")
-        assert set(got) == set(expected)
-        for k in expected:
-            assert got[k] == pytest.approx(expected[k], rel=1e-4, abs=1e-6), (i, k)
+    runs = twins(lfw8, "dcgan", width=8, d_steps=2, g_steps=2, augment=kind, p=p, lecam=lecam, ema=False, warm=True)
+    assert_numbers_close(step_both(runs, batches(3)))
     if lecam:
-        assert (static_lecam.real, static_lecam.fake) == pytest.approx((eager_lecam.real, eager_lecam.fake), rel=1e-4)
-    step.store(*held(*static))
-    want, have = state(*plain), state(*static)
-    for k in want:  # Adam moves a weight whose gradient is ~0 by up to lr: float order shows there, at ~1e-6
-        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        static, eager = runs["static"].lecam, runs["dygraph"].lecam
+        assert (static.real, static.fake) == pytest.approx((eager.real, eager.fake), rel=1e-4)
+    assert_states_close(runs, atol=1e-5)  # Adam moves a weight whose gradient is ~0 by up to lr: float order shows
 
 
 @pytest.mark.parametrize("arch, labels", [("dcgan", dict(real_label=0.9)),
                                           ("torchblog", dict(real_label=0.9, label_jitter=0.05, flip_labels=0.2))])
-def test_static_step_equals_the_dygraph_step_with_label_tricks(arch, labels):
+def test_static_step_equals_the_dygraph_step_with_label_tricks(lfw8, arch, labels):
     """Soft, jittered and flipped targets drawn from the same seed in the eager step's order (after the dropout)."""
-    batch = 8
-    real = [paddle.uniform([batch, 3, 16, 16], min=-1, max=1) for _ in range(3)]
-    plain, static = setup(arch=arch), setup(arch=arch)
-    step = faststep.FastStep(arch, plain[0].args, batch, 2e-4, 0.5, 0.999, 1, 2, tricks=Tricks(**labels))
-    step.load(*held(*static))
-    for i, x in enumerate(real):
-        paddle.seed(10 + i)
-        expected = methods.bce_iteration(*plain, x, 100, 1, 2, Tricks(**labels))
-        paddle.seed(10 + i)
-        got = step(x)
-        got.pop("G_check"), got.pop("D_check")
-        for k in expected:
-            assert got[k] == pytest.approx(expected[k], rel=1e-4, abs=1e-6), (i, k)
-    step.store(*held(*static))
-    want, have = state(*plain), state(*static)
-    for k in want:
-        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    runs = twins(lfw8, arch, width=8, **labels, **PLAIN, warm=True)
+    assert_numbers_close(step_both(runs, batches(3)))
+    assert_states_close(runs, atol=1e-5)
 
 
 def assert_adam_states_close(have, want, lr, atol=1e-6):
@@ -140,7 +139,7 @@ def assert_adam_states_close(have, want, lr, atol=1e-6):
 
 
 @pytest.mark.parametrize("arch, size, batch", [("mlp", 16, 1), ("mlp", 16, 8), ("conv128", 128, 2)])
-def test_static_step_equals_the_dygraph_step_for_the_series_models(arch, size, batch):
+def test_static_step_equals_the_dygraph_step_for_the_series_models(lfw8, arch, size, batch):
     """"Make Your Own GAN"'s MLP (one image per update, as it trains) and 128-px conv GAN, with their Adam
     (lr 1e-4, PyTorch's betas), one D and one G update; conv128's spatial dropout from the same seed.
 
@@ -149,180 +148,95 @@ def test_static_step_equals_the_dygraph_step_for_the_series_models(arch, size, b
     differ between the two float orders, and that weight then differs by 2 lr. So a few conv128 weights
     (at most 1 in 1,000) may differ by up to 2.1 lr; every other weight, statistic and moment is equal to
     float tolerance. The losses of three iterations are compared too."""
-    lr = 1e-4
-    paddle.seed(0)
-    real = [paddle.uniform([batch, 3, size, size], min=-1, max=1) for _ in range(3)]
-    objects = []
-    for _ in range(2):
-        paddle.seed(1)
-        G, D = network.build(arch, size=size, z_dim=100).values()
-        objects.append((G, D, *(paddle.optimizer.Adam(lr, 0.9, 0.999, parameters=n.parameters()) for n in (G, D))))
-    plain, static = objects
-    step = faststep.FastStep(arch, plain[0].args, batch, lr, 0.9, 0.999, 1, 1)
-    step.load(*held(*static))
-    for i, x in enumerate(real):
-        paddle.seed(10 + i)
-        expected = methods.bce_iteration(*plain, x, 100, 1, 1, Tricks())
-        paddle.seed(10 + i)
-        got = step(x)
-        got.pop("G_check"), got.pop("D_check")
-        for k in expected:
-            assert got[k] == pytest.approx(expected[k], rel=1e-4, abs=1e-6), (i, k)
-        if i == 0:
-            step.store(*held(*static))
-            want, have = state(*plain), state(*static)
-            assert set(want) == set(have) and any(k.endswith("moment2_0") for k in want)
-            assert_adam_states_close(have, want, lr)
+    runs = twins(lfw8, arch, size=size, batch=batch, **PLAIN)
+    assert (runs["static"].cfg.lr, runs["static"].cfg.beta1, runs["static"].cfg.g_steps) == (1e-4, 0.9, 1)
+    real = batches(3, batch, size)
+    first = step_both(runs, real[:1])
+    eager, static = runs["dygraph"], runs["static"]
+    assert_adam_states_close(every_number(static.nets, static.opts), every_number(eager.nets, eager.opts), 1e-4)
+    rest = step_both(runs, real[1:], seed=43)
+    assert_numbers_close({k: first[k] + rest[k] for k in first})
 
 
-def test_vae_static_step_equals_the_eager_step():
-    """The VAE's program is built from methods.vae_losses, the eager step's own: the same noise, losses, weights
-    and Adam state (one backward, both networks stepped)."""
-    batch, size = 8, 16
-    paddle.seed(0)
-    real = [paddle.uniform([batch, 3, size, size], min=-1, max=1) for _ in range(3)]
-    objects = []
-    for _ in range(2):
-        paddle.seed(1)
-        nets = network.build("vae", size=size, z_dim=100, width=8)
-        objects.append((nets, {k: paddle.optimizer.Adam(1e-3, 0.9, 0.999, parameters=n.parameters())
-                               for k, n in nets.items()}))
-    (plain, plain_opts), (static, static_opts) = objects
-    step = faststep.VAEStep("vae", plain["E"].args, batch, 1e-3, 0.9, 0.999, methods.vae_losses)
-    step.load(static, static_opts)
-    for i, x in enumerate(real):
-        paddle.seed(10 + i)
-        loss, kl, rec = methods.vae_losses(plain["E"], plain["G"], x, paddle.randn)
-        methods.update(list(plain_opts.values()), loss)
-        paddle.seed(10 + i)
-        got = step(x)
-        assert [got["loss"], got["kl"], got["reconstruction"]] == pytest.approx(
-            [float(loss), float(kl), float(rec)], rel=1e-5), i
-        assert [got["E_check"], got["G_check"]] == pytest.approx(list(control.weight_checks(plain).values()), rel=1e-4)
-    step.store(static, static_opts)
-    want, have = every_number(plain, plain_opts), every_number(static, static_opts)
-    assert set(want) == set(have) and any("moment2" in k for k in want)
-    for k in want:
-        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+def test_vae_static_step_equals_the_eager_step(lfw8):
+    """The same noise, losses, weights and Adam state (one backward, both networks stepped)."""
+    runs = twins(lfw8, "vae", width=8, warm=True)
+    assert_numbers_close(step_both(runs, batches(3)), rel=1e-5)
+    assert_states_close(runs)
 
 
 @pytest.mark.parametrize("options, iterations, fired", [
     (dict(balance="equilibrium", margin=0.35, optimizer="rmsprop"), 3, ""),            # the method's defaults
     (dict(balance="equilibrium", margin=0.01, optimizer="rmsprop", lr=0.01), 5, "DG"),  # both rules fire
-    (dict(balance="margin", margin=0.3, optimizer="adam", d_reconstructions=True, augment=("ada", 0.6)), 3, ""),
-    (dict(balance="none", optimizer="rmsprop", augment=("diffaug", 0.0)), 3, ""),
+    (dict(balance="margin", margin=0.3, optimizer="adam", d_reconstructions=True, augment="ada", p=0.6), 3, ""),
+    (dict(balance="none", optimizer="rmsprop", augment="diffaug", p=0.0), 3, ""),
 ])
 def test_vaegan_static_step_equals_the_eager_step(lfw8, options, iterations, fired):
-    """The VAE/GAN's program is built from the eager step's two halves: the same noise, T, decisions, losses,
-    weights and optimizer state, with G's gradient gamma L_llike's plus the reversed GAN loss's."""
-    options = dict(options)
-    kind, p = options.pop("augment", ("none", 0.0))
-    runs = {}
-    for step in ("static", "dygraph"):
-        cfg = train.TrainConfig(data=lfw8, out="unused", arch="vaegan", batch_size=8, width=8, step=step,
-                                device="cpu", augment=kind, **options)
-        cfg = train.resolve_defaults(cfg, {"embedded": True, "count": 100}, 1)
-        paddle.seed(1)
-        method = train.METHODS["vaegan"](cfg, "vaegan", 8, control.Processes())
-        method.T.p = p
-        method.start(train.Position(), "cpu")
-        assert method.path == step
-        runs[step] = method
-    paddle.seed(0)
-    real = [paddle.uniform([8, 3, 8, 8], min=-1, max=1) for _ in range(iterations)]
-    results = {}
-    for step, method in runs.items():
-        paddle.seed(42)
-        results[step] = [method.step(x, train.Position()) for x in real]
-        method.sync()
-    for i, ((e, e_checks), (g, g_checks)) in enumerate(zip(results["dygraph"], results["static"])):
-        assert set(g) == set(e)
-        for k in e:
-            assert g[k] == pytest.approx(e[k], rel=1e-4, abs=1e-6), (i, k)
-        assert list(g_checks.values()) == pytest.approx(list(e_checks.values()), rel=1e-4)
+    """The same noise, T, decisions, losses, weights and optimizer state, with G's gradient gamma L_llike's plus
+    the reversed GAN loss's."""
+    runs = twins(lfw8, "vaegan", size=8, width=8, **options)
+    assert_numbers_close(step_both(runs, batches(iterations, size=8)))
     eager, static = runs["dygraph"], runs["static"]
     assert (static.tricks.d_skips, static.tricks.g_skips) == (eager.tricks.d_skips, eager.tricks.g_skips)
     if fired:
         assert eager.tricks.d_skips > 0 and eager.tricks.g_skips > 0
-    want, have = every_number(eager.nets, eager.opts), every_number(static.nets, static.opts)
-    assert set(want) == set(have)
-    for k in want:
-        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert_states_close(runs)
 
 
 COUNTERS = ("d_skips", "g_skips", "d_updates", "g_updates", "coef_l2")
 
 
-@pytest.mark.parametrize("arch, options, d_steps, g_steps, lr, iterations, fired", [
+@pytest.mark.parametrize("arch, options, counters, iterations, fired", [
     # G's phase skipped in some iterations, not in others (with 2 D steps the first one's word counts)
-    ("dcgan", dict(balance="margin", margin=0.3), 2, 1, 2e-3, 4, "G"),
-    ("dcgan", dict(balance="equilibrium", margin=0.02), 2, 2, 2e-3, 4, "DG"),
+    ("dcgan", dict(balance="margin", margin=0.3, d_steps=2, g_steps=1, lr=2e-3), {}, 4, "G"),
+    ("dcgan", dict(balance="equilibrium", margin=0.02, d_steps=2, g_steps=2, lr=2e-3), {}, 4, "DG"),
     # RMSProp across its warm-up's step at 10 updates: each D step's rate follows the earlier ones that updated
-    ("dcgan", dict(balance="equilibrium", margin=0.02, optimizer="rmsprop", d_updates=9, g_updates=9), 2, 2, 1e-2, 4,
-     "DG"),
-    ("dcgan", dict(balance="l2", coef_l2=0.05, real_label=0.9), 1, 2, 2e-4, 3, ""),
+    ("dcgan", dict(balance="equilibrium", margin=0.02, optimizer="rmsprop", d_steps=2, g_steps=2, lr=1e-2),
+     dict(d_updates=9, g_updates=9), 4, "DG"),
+    ("dcgan", dict(balance="l2", real_label=0.9, d_steps=1, g_steps=2), dict(coef_l2=0.05), 3, ""),
     # the dropout masks drawn for a skipped G phase go back to the generator
-    ("torchblog", dict(balance="margin", margin=0.45, optimizer="rmsprop"), 2, 2, 1e-2, 8, "G"),
-    ("torchblog", dict(balance="l2", coef_l2=0.05, optimizer="rmsprop", real_label=0.9, flip_labels=0.1), 1, 2, 1e-3,
-     3, ""),
+    ("torchblog", dict(balance="margin", margin=0.45, optimizer="rmsprop", d_steps=2, g_steps=2, lr=1e-2), {}, 8,
+     "G"),
+    ("torchblog", dict(balance="l2", optimizer="rmsprop", real_label=0.9, flip_labels=0.1, d_steps=1, g_steps=2,
+                       lr=1e-3), dict(coef_l2=0.05), 3, ""),
 ])
-def test_static_step_equals_the_dygraph_step_with_balancing(arch, options, d_steps, g_steps, lr, iterations, fired):
+def test_static_step_equals_the_dygraph_step_with_balancing(lfw8, arch, options, counters, iterations, fired):
     """The skip rules, adaptive L2 and RMSProp's warm-up: the same decisions, counters, losses, weights and
     optimizer state, and the generator left where the eager step leaves it."""
-    batch = 8
-    paddle.seed(0)
-    real = [paddle.uniform([batch, 3, 16, 16], min=-1, max=1) for _ in range(iterations)]
-    optimizer = options.get("optimizer", "adam")
-    objects = []
-    for _ in range(2):
-        paddle.seed(1)
-        G, D = network.build(arch, size=16, width=8).values()
-        objects.append((G, D, *(balance.make_optimizer(optimizer, lr, 0.5, 0.999, net.parameters()) for net in (G, D))))
-    plain, static = objects
-    eager_tricks, static_tricks = Tricks(lr=lr, **options), Tricks(lr=lr, **options)
-    step = faststep.FastStep(arch, plain[0].args, batch, lr, 0.5, 0.999, d_steps, g_steps, tricks=static_tricks)
-    step.load(*held(*static))
-    paddle.seed(42)
-    expected = [methods.bce_iteration(*plain, x, 100, d_steps, g_steps, eager_tricks) for x in real]
-    expected_next = paddle.rand([8]).numpy()
-    paddle.seed(42)
-    got = [step(x) for x in real]
-    assert np.array_equal(paddle.rand([8]).numpy(), expected_next)  # the same numbers drawn, none more
-    counters = {k: getattr(eager_tricks, k) for k in COUNTERS}
-    assert {k: getattr(static_tricks, k) for k in COUNTERS} == counters
+    runs = twins(lfw8, arch, width=8, **options, **PLAIN, warm=True)
+    for method in runs.values():
+        for k, v in counters.items():
+            setattr(method.tricks, k, v)
+    results = step_both(runs, batches(iterations))
+    eager, static = runs["dygraph"].tricks, runs["static"].tricks
+    after = {k: getattr(eager, k) for k in COUNTERS}
+    assert {k: getattr(static, k) for k in COUNTERS} == after
     if "D" in fired:
-        assert counters["d_skips"] > 0
+        assert after["d_skips"] > 0
     if "G" in fired:  # skipped in some iterations and not in others
-        assert counters["g_skips"] > 0 and counters["g_updates"] > options.get("g_updates", 0)
+        assert after["g_skips"] > 0 and after["g_updates"] > counters.get("g_updates", 0)
     if options["balance"] == "l2":  # the coefficient moved, and the penalty was in D's loss
-        assert counters["coef_l2"] != options["coef_l2"]
-    for i, (e, g) in enumerate(zip(expected, got)):
-        for k in e:
-            assert g[k] == pytest.approx(e[k], rel=1e-4, abs=1e-6), (i, k)
-    step.store(*held(*static))
-    want, have = state(*plain), state(*static)
-    assert set(want) == set(have)
-    for k in want:
-        np.testing.assert_allclose(have[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+        assert after["coef_l2"] != counters["coef_l2"]
+    assert_numbers_close(results)
+    eager, static = runs["dygraph"], runs["static"]   # learning rates up to 1e-2: Adam's sign on noise shows
+    assert_adam_states_close(every_number(static.nets, static.opts), every_number(eager.nets, eager.opts),
+                             options.get("lr", 2e-4), atol=1e-5)
 
 
-def test_store_then_load_round_trips_and_training_continues_in_dygraph():
-    G, D, opt_G, opt_D = setup()
-    step = faststep.FastStep("dcgan", G.args, 4, 2e-4, 0.5, 0.999)
-    step.load(*held(G, D, opt_G, opt_D))  # a fresh optimizer: nothing to carry yet
-    step(paddle.uniform([4, 3, 16, 16], min=-1, max=1))
-    fresh = setup(seed=2)
-    step.store(*held(*fresh))
-    first = state(*fresh)
-    step.load(*held(*fresh))
-    step.store(*held(*fresh))
-    for k, v in state(*fresh).items():
+def test_store_then_load_round_trips_and_training_continues_in_dygraph(lfw8):
+    method = twins(lfw8, "dcgan", width=8, batch=4, **PLAIN)["static"]
+    method.step(batches(1, 4)[0], train.Position())
+    method.sync()
+    first = every_number(method.nets, method.opts)
+    method.fast.load(method.nets, method.opts)
+    method.fast.store(method.nets, method.opts)
+    for k, v in every_number(method.nets, method.opts).items():
         np.testing.assert_array_equal(v, first[k], err_msg=k)
-    before = state(*fresh)
-    real = paddle.uniform([4, 3, 16, 16], min=-1, max=1)
-    methods.bce_iteration(*fresh, real, 100, 1, 2, Tricks())  # the stored moments are used
-    assert not np.array_equal(state(*fresh)["G.main.0.conv.weight.moment1_0"], before["G.main.0.conv.weight.moment1_0"])
-
+    method.path, method.fast = "dygraph", None   # the stored moments are what the eager step continues from
+    method.step(batches(1, 4)[0], train.Position())
+    after = every_number(method.nets, method.opts)
+    moment = "opt_G.main.0.conv.weight.moment1"
+    assert moment in first and not np.array_equal(after[moment], first[moment])
 
 def test_dcgans_static_form_computes_the_first_layer_as_a_product_with_the_references_numbers():
     paddle.seed(0)
@@ -555,14 +469,14 @@ def test_dropout_from_a_fed_mask_drops_what_paddle_drops(channels):
     assert 0.05 < zeros < 0.7 and np.any(results[0][0] != 0)
 
 
-def test_a_batch_of_another_size_is_refused():
-    G, D, opt_G, opt_D = setup()
-    step = faststep.FastStep("dcgan", G.args, 4, 2e-4, 0.5, 0.999)
+def test_a_batch_of_another_size_is_refused(lfw8):
+    method = twins(lfw8, "dcgan", width=8, batch=4, **PLAIN)["static"]
+    step = method.program([4, 3, 16, 16], {})
     with pytest.raises(ValueError, match="batches of 4"):
-        step(paddle.uniform([3, 3, 16, 16], min=-1, max=1))
+        step(paddle.uniform([3, 3, 16, 16], min=-1, max=1), {})
 
 
-def test_static_steps_free_memory_in_batches_unless_the_user_chose(monkeypatch):
+def test_static_steps_free_memory_in_batches_unless_the_user_chose(lfw8, monkeypatch):
     """One free per op woke Paddle's collector thread once per op (the PG-GAN speed levels): the static step
     sets a batch size for frees, and leaves a user's own FLAGS_eager_delete_tensor_gb alone."""
     assert faststep.executor_memory_flags({}) == {"FLAGS_eager_delete_tensor_gb": faststep.FREE_IN_BATCHES_GB}
@@ -570,8 +484,7 @@ def test_static_steps_free_memory_in_batches_unless_the_user_chose(monkeypatch):
     assert 0 < faststep.FREE_IN_BATCHES_GB <= 1   # bounded: at most this many GiB held back
     monkeypatch.delenv("FLAGS_eager_delete_tensor_gb", raising=False)
     paddle.set_flags({"FLAGS_eager_delete_tensor_gb": 0.0})
-    G, D, opt_G, opt_D = setup()
-    faststep.FastStep("dcgan", G.args, 4, 2e-4, 0.5, 0.999)
+    twins(lfw8, "dcgan", width=8, batch=4, **PLAIN)["static"].program([4, 3, 16, 16], {})
     assert paddle.get_flags("FLAGS_eager_delete_tensor_gb")["FLAGS_eager_delete_tensor_gb"] == \
         pytest.approx(faststep.FREE_IN_BATCHES_GB)
 
@@ -625,23 +538,6 @@ def test_training_runs_on_either_step_to_the_same_weights(lfw8, tmp_path, arch, 
 PGGAN_ARGS = dict(size=16, z_dim=32, fmap_base=64, fmap_max=16)
 
 
-def pggan_setup():
-    paddle.seed(1)
-    nets = network.build("pggan", **PGGAN_ARGS)
-    nets["G_ema"] = network.build_net("pggan", "G", PGGAN_ARGS)
-    nets["G_ema"].set_state_dict(nets["G"].state_dict())
-    opts = {k: balance.make_optimizer("adam", 1e-3, 0.0, 0.99, nets[k].parameters()) for k in ("G", "D")}
-    return nets, opts
-
-
-def every_number(nets, opts):
-    out = {f"{key}.{k}": v.numpy().copy() for key, net in nets.items() for k, v in net.state_dict().items()}
-    for key, opt in opts.items():
-        for k, entries in checkpoint.optimizer_state(opt, nets[key]).items():
-            out.update({f"opt_{key}.{k}.{name}": np.asarray(v).copy() for name, v in entries.items()})
-    return out
-
-
 @pytest.fixture
 def float64():
     paddle.set_default_dtype("float64")
@@ -677,10 +573,10 @@ def test_discriminator_input_gradient_equals_autograd_to_second_order(res, alpha
         np.testing.assert_allclose(ours, autograd, rtol=1e-9, atol=1e-10 * np.abs(autograd).max())
 
 
-@pytest.mark.parametrize("res, alpha, kind, p, lecam", [(16, 1.0, "none", 0.0, None), (16, 0.3, "none", 0.0, None),
-                                                        (8, 0.5, "none", 0.0, None), (16, 1.0, "ada", 0.6, 0.3),
-                                                        (8, 1.0, "diffaug", 0.0, None)])
-def test_progressive_static_step_equals_the_eager_iteration(res, alpha, kind, p, lecam):
+@pytest.mark.parametrize("seen, res, alpha, kind, p, lecam", [
+    (32, 16, 1.0, "none", 0.0, 0.0), (26, 16, 0.25, "none", 0.0, 0.0), (12, 8, 0.5, "none", 0.0, 0.0),
+    (32, 16, 1.0, "ada", 0.6, 0.3), (16, 8, 1.0, "diffaug", 0.0, 0.0)])
+def test_progressive_static_step_equals_the_eager_iteration(lfw8, seen, res, alpha, kind, p, lecam):
     """WGAN-GP through the double backward, the fade's alpha, T, LeCam and G's average: the same numbers.
 
     After one iteration every weight, average and Adam moment agrees to float rounding (but for Adam's sign
@@ -688,31 +584,17 @@ def test_progressive_static_step_equals_the_eager_iteration(res, alpha, kind, p,
     agree less tightly, and not from the program: Adam with beta1 = 0 moves a weight whose gradient is
     rounding noise (D's output bias in WGAN's loss) by a full learning rate either way, so only the losses
     are compared there, to 5e-3."""
-    batch = 8
-    real = [paddle.uniform([batch, 3, 16, 16], min=-1, max=1) for _ in range(3)]
-    (eager, eager_opts), (static, static_opts) = pggan_setup(), pggan_setup()
-    eager_T, static_T = Augment(kind, p), Augment(kind, p)
-    eager_lecam, static_lecam = (LeCam(lecam), LeCam(lecam)) if lecam else (None, None)
-    step = faststep.ProgressiveStep("pggan", PGGAN_ARGS, res, alpha < 1.0, batch, 1e-3, 0.0, 0.99,
-                                    progressive.GP_WEIGHT, progressive.DRIFT, static_T, static_lecam)
-    step.load(static, static_opts)
-    for i, x in enumerate(real):
-        paddle.seed(10 + i)
-        expected = progressive.iteration(eager["G"], eager["D"], eager["G_ema"], eager_opts["G"], eager_opts["D"],
-                                         x, 32, res, alpha, i, T=eager_T, lecam=eager_lecam)
-        paddle.seed(10 + i)
-        got = step(progressive.real_at(x, res, alpha), alpha, methods.ema_beta(i))
-        checks = [got.pop("G_check"), got.pop("D_check")]
-        assert set(got) == set(expected)
-        for k in expected:
-            tolerance = dict(rel=1e-4, abs=1e-5) if i == 0 else dict(rel=5e-3, abs=5e-3)
-            assert got[k] == pytest.approx(expected[k], **tolerance), (i, k)
-        if i == 0:
-            assert checks == pytest.approx(list(control.weight_checks({"G": eager["G"], "D": eager["D"]}).values()),
-                                           rel=1e-5)
-            step.store(static, static_opts)
-            want, have = every_number(eager, eager_opts), every_number(static, static_opts)
-            # (store gives the layers of other stages their fresh Adam state, which eager Adam creates on first use)
-            assert set(want) <= set(have) and any(".moment2" in k for k in want)
-            assert any(k.startswith("G_ema") for k in want)
-            assert_adam_states_close(have, want, 1e-3, atol=1e-5)
+    position = train.Position(images_seen=seen)   # phases of 8 images: 4x4, then 8x8 fading in, ...
+    runs = twins(lfw8, "pggan", batch=8, p=p, position=position, augment=kind, lecam=lecam, phase_kimg=0.008,
+                 batch_sizes="4:8", **{k: v for k, v in PGGAN_ARGS.items() if k != "size"})
+    assert runs["static"].at(seen)[:2] == (res, alpha)
+    positions = [train.Position(images_seen=seen, iteration=i) for i in range(3)]
+    first = step_both(runs, batches(1), positions[:1])
+    assert_numbers_close(first, rel=1e-4, abs=1e-5)
+    eager, static = runs["dygraph"], runs["static"]
+    want, have = every_number(eager.nets, eager.opts), every_number(static.nets, static.opts)
+    assert any(".moment2" in k for k in want) and any(k.startswith("G_ema") for k in want)
+    assert_adam_states_close(have, want, 1e-3, atol=1e-5)
+    rest = step_both(runs, batches(2), positions[1:], seed=43)
+    assert_numbers_close(rest, rel=5e-3, abs=5e-3)
+    assert all(stats["res"] == res and stats["alpha"] == alpha for stats, _ in first["static"] + rest["static"])

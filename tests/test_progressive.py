@@ -81,8 +81,9 @@ def test_gradient_penalty_is_zero_for_a_1_lipschitz_D_and_grows_otherwise():
     w = np.random.default_rng(0).standard_normal(3 * 8 * 8).astype(np.float32)
     w /= np.linalg.norm(w)
     real, fake = paddle.uniform([6, 3, 8, 8], min=-1, max=1), paddle.uniform([6, 3, 8, 8], min=-1, max=1)
-    assert float(progressive.gradient_penalty(Linear(w), real, fake)) == pytest.approx(0.0, abs=1e-6)
-    assert float(progressive.gradient_penalty(Linear(2 * w), real, fake)) == pytest.approx(10.0, rel=1e-4)
+    u = paddle.rand([6, 1, 1, 1])
+    assert float(progressive.gradient_penalty(Linear(w), real, fake, u)) == pytest.approx(0.0, abs=1e-6)
+    assert float(progressive.gradient_penalty(Linear(2 * w), real, fake, u)) == pytest.approx(10.0, rel=1e-4)
 
 
 def test_equalized_layers_have_unit_weights_and_scale_at_run_time():

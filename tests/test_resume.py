@@ -10,7 +10,6 @@ import pytest
 
 import checkpoint
 import facedata
-import faststep
 import methods
 import train
 from conftest import ROOT, assert_user_error, run_script, sigint_after
@@ -20,7 +19,7 @@ from conftest import ROOT, assert_user_error, run_script, sigint_after
 WRAPPER = """
 import os, signal, sys, time
 sys.path.insert(0, {root!r})
-import checkpoint, faststep, methods, train
+import checkpoint, methods, train
 action, at = sys.argv[1], int(sys.argv[2])
 count = [0]
 
@@ -33,8 +32,7 @@ def after_iteration(fn):
         return out
     return wrapped
 
-faststep.FastStep.__call__ = after_iteration(faststep.FastStep.__call__)
-methods.bce_iteration = after_iteration(methods.bce_iteration)
+methods.BCEMethod.step = after_iteration(methods.BCEMethod.step)
 
 if action == "slow-save":  # the at-th checkpoint write stops halfway, says so, and waits to be killed
     real_write, saves = checkpoint.write_atomic, [0]
@@ -100,8 +98,7 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(step, lfw8, tm
     before = signal.getsignal(signal.SIGINT)  # Python's own, or SIG_IGN when pytest was started in the background
 
     with monkeypatch.context() as m:
-        m.setattr(faststep.FastStep, "__call__", interrupt_after(faststep.FastStep.__call__))
-        m.setattr(methods, "bce_iteration", interrupt_after(methods.bce_iteration))
+        m.setattr(methods.BCEMethod, "step", interrupt_after(methods.BCEMethod.step))
         stopped = checkpoint.load(train.train(tiny(lfw8, tmp_path / "parts", step=step)))
     assert (stopped["epoch"], stopped["batch"], stopped["iteration"], stopped["images_seen"]) == (2, 2, 6, 96)
     assert len(stopped["order"]) == 64 and stopped["version"] == checkpoint.__version__

@@ -55,14 +55,21 @@ def nets(seed=0):
     return G, D, opt_G, opt_D
 
 
+def eager(G, D, opt_G, opt_D, tricks):
+    """The eager step's `run` (methods.Eager) over these networks and optimizers, counting with `tricks`."""
+    return methods.Eager({"G": G, "D": D}, {"G": opt_G, "D": opt_D}, counter=tricks)
+
+
 def test_d_step_moves_only_D_and_g_step_moves_only_G():
     G, D, opt_G, opt_D = nets()
+    run = eager(G, D, opt_G, opt_D, Tricks())
     real = paddle.uniform([4, 3, 8, 8], min=-1, max=1)
     g0, d0 = weights(G), weights(D)
     fake = G(paddle.randn([4, 100]))
-    stats = methods.d_step(D, opt_D, real, fake, Tricks())
-    assert set(stats) == {"loss_D", "D_real", "D_fake", "err_R", "err_F", "update_G", "sign_real"} and stats["update_G"]
-    assert -1 <= stats["sign_real"] <= 1
+    stats = run.values(methods.d_step(run, D, real, fake, Tricks()))
+    assert set(stats) == {"loss_D", "D_real", "D_fake", "err_R", "err_F", "sign_real", "kept_G", "skip_D", "skip_G"}
+    assert stats["skip_D"] is None and stats["skip_G"] is None   # Tricks(): no rule
+    assert -1 <= stats["sign_real"] <= 1 and stats["kept_G"] > 0
     assert stats["loss_D"] == pytest.approx(stats["err_R"] + stats["err_F"]) and stats["loss_D"] > 0
     assert 0 < stats["D_real"] < 1 and 0 < stats["D_fake"] < 1
     assert changed(g0, G) == set() and changed(d0, D) == set(d0)
@@ -70,8 +77,8 @@ def test_d_step_moves_only_D_and_g_step_moves_only_G():
     trainable = [k for k, p in D.named_parameters() if not p.stop_gradient]
     assert not any(k.endswith(("_mean", "_variance")) for k in trainable) and len(trainable) == len(d1)
     d_grads = [p.grad.numpy().copy() for p in D.parameters()]  # left from D's own step
-    loss_G = methods.g_step(D, opt_G, fake, Tricks())
-    assert isinstance(loss_G, float) and loss_G > 0
+    loss_G = float(methods.g_step(run, D, fake))
+    assert loss_G > 0
     assert changed(d1, D) == set() and changed(g0, G) == set(g0)
     for before, p in zip(d_grads, D.parameters()):  # G's update computed no D weight gradient
         np.testing.assert_array_equal(p.grad.numpy(), before)
@@ -88,7 +95,9 @@ def test_iteration_equals_the_plain_step_with_separate_forwards(d_steps, g_steps
     G1, D1, oG1, oD1 = nets(1)
     G2, D2, oG2, oD2 = nets(1)
     paddle.seed(7)
-    fast = methods.bce_iteration(G1, D1, oG1, oD1, real, 100, d_steps, g_steps, Tricks())
+    tricks = Tricks()
+    run = eager(G1, D1, oG1, oD1, tricks)
+    fast = methods.bce_numbers(run.values(methods.bce_iteration(run, real, 100, d_steps, g_steps, tricks)), tricks)
 
     paddle.seed(7)
     zs = [paddle.randn([4, 100])] + [None] * (d_steps - 1)
