@@ -184,9 +184,11 @@ class Tricks:
         return replace(self, **{k: v for k, v in state.items() if k in COUNTERS})
 
 
-def l2_penalty(D, coef):
-    """The blog's adaptive L2 term of D's loss, coef * ||theta_D||^2 / 2 (coef a number, or the static program's input)."""
-    return coef * paddle.add_n([(p * p).sum() for p in D.parameters() if p.trainable]) / 2
+def l2_penalty(D, coef, ops=None):
+    """The blog's adaptive L2 term of D's loss, coef * ||theta_D||^2 / 2 (coef a number, or the static program's input;
+    `ops.sum`: paddle.sum by default, network.PADDLE_OPS)."""
+    total = ops.sum if ops else paddle.sum
+    return coef * paddle.add_n([total(p * p) for p in D.parameters() if p.trainable]) / 2
 
 
 def make_optimizer(name, lr, beta1, beta2, parameters):

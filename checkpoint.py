@@ -197,33 +197,51 @@ def _trained(net):
 
 
 def ensure_accumulators(opt, net):
-    """Create a dygraph optimizer's state tensors if it has not stepped yet, so that they can take values."""
-    if not opt._accumulators:
-        opt._create_accumulators(paddle.base.framework.default_main_program().global_block(),
-                                 list(_trained(net).values()))
+    """Give `opt` its state tensors for `net`'s trained parameters if it has none yet, so that they can take values.
+
+    Paddle creates an optimizer's state at its first step, under names it makes up then; the one public way to
+    create them is a step. So this is one step on zero gradients, which moves no weight (a first Adam or RMSProp
+    update is a multiple of the gradient, here 0) and whose state set_optimizer_state then replaces."""
+    if opt.state_dict():
+        return
+    params = list(_trained(net).values())
+    opt.clear_grad()
+    paddle.add_n([(p * 0).sum() for p in params]).backward()
+    opt.step()
+    opt.clear_grad()
+
+
+def _state_names(opt, net):
+    """{structural key: {state name (as "moment1"): the name of its tensor in opt.state_dict()}}.
+
+    Paddle names a parameter's state tensor after it: parameter name, "_", state name, "_", a number."""
+    names = {k: p.name for k, p in _trained(net).items()}
+    by_param = {}
+    for tensor in opt.state_dict():
+        owner = max((n for n in names.values() if tensor.startswith(n + "_")), key=len, default=None)
+        if owner is not None:
+            by_param.setdefault(owner, {})[tensor[len(owner) + 1:].rsplit("_", 1)[0]] = tensor
+    return {k: by_param[n] for k, n in names.items() if n in by_param}
 
 
 def optimizer_state(opt, net):
     """{structural key: {state name: array}} of `opt`, which updates `net` (empty before its first step)."""
-    out = {}
-    for k, p in _trained(net).items():
-        entries = {name: acc[p.name].numpy() for name, acc in opt._accumulators.items() if p.name in acc}
-        if entries:
-            out[k] = entries
-    return out
+    state = opt.state_dict()
+    return {k: {name: state[tensor].numpy() for name, tensor in entries.items()}
+            for k, entries in _state_names(opt, net).items()}
 
 
 def set_optimizer_state(opt, net, state):
     """Give `opt` the state that optimizer_state returned for the same network structure."""
     if not state:
         return
-    ensure_accumulators(opt, net)
     params = _trained(net)
     if set(state) != set(params):
         raise CheckpointError(f"the optimizer state is for other parameters ({len(state)} vs {len(params)})")
-    for k, p in params.items():
-        for name, value in state[k].items():
-            opt._accumulators[name][p.name].set_value(np.asarray(value))
+    ensure_accumulators(opt, net)
+    names = _state_names(opt, net)
+    opt.set_state_dict({tensor: paddle.to_tensor(np.asarray(state[k][name]))
+                        for k, entries in names.items() for name, tensor in entries.items()})
 
 
 # ----------------------------------------------------------------------------- random state

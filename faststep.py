@@ -39,13 +39,14 @@ Example (what methods.Method.step does with --step static):
 import contextlib
 import functools
 import os
+from types import SimpleNamespace
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle.base.backward import _create_op_desc_
-from paddle.base.framework import Operator, Variable
+from paddle.base.framework import Operator
 from paddle.base.layer_helper import LayerHelper
 from paddle.static.nn.control_flow import select_input
 
@@ -182,30 +183,23 @@ def _matmul(x, y, transpose_x=False, transpose_y=False, name=None):
 
 
 def _sum(x, axis=None, dtype=None, keepdim=False, name=None):
-    """paddle.sum and Tensor.sum in a legacy program."""
+    """paddle.sum in a legacy program."""
     dims = [] if axis is None else [axis] if isinstance(axis, int) else list(axis)
     return legacy_op("reduce_sum", {"X": x}, {"dim": dims, "keep_dim": keepdim, "reduce_all": axis is None},
                      dtype=x.dtype)
 
 
-@contextlib.contextmanager
-def legacy_api():
-    """While a program is built: the paddle (and paddle.nn.functional) functions that networks call and that
-    Paddle 3 builds only into PIR programs (sqrt, rsqrt, tanh, sigmoid, sign, exp, matmul, sum, and the
-    variables' sum method) build the legacy ops of the same names instead.
-    The networks' code stays the eager code."""
-    modules = (paddle, F)   # networks call both paddle.tanh and F.sigmoid
-    saved = [(m, name, getattr(m, name)) for m in modules
-             for name in ("sqrt", "rsqrt", "tanh", "sigmoid", "sign", "exp", "matmul", "sum") if hasattr(m, name)]
-    saved.append((Variable, "sum", Variable.sum))   # x.sum(axis=1) of the methods' losses
-    for m, name, _ in saved:
-        setattr(m, name, {"matmul": _matmul, "sum": _sum}.get(name) or
-                functools.partial(lambda op, x, name=None: unary(op, x), name))
-    try:
-        yield
-    finally:
-        for m, name, f in saved:
-            setattr(m, name, f)
+def _unary(op_type):
+    def op(x, name=None):
+        return unary(op_type, x)
+    op.__name__ = op_type
+    return op
+
+
+# network.PADDLE_OPS' functions, which Paddle 3 builds only into PIR programs, as the legacy ops of the same names:
+# the `ops` that the static step's networks and iteration are built with
+LEGACY_OPS = SimpleNamespace(**{name: _unary(name) for name in ("tanh", "sigmoid", "sqrt", "rsqrt", "sign", "exp")},
+                             matmul=_matmul, sum=_sum)
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -244,7 +238,7 @@ class StaticStep:
         self.shapes = {k: v.shape for k, v in self.augment.draw(batch, size).items()} if self.augment else {}
         with paddle.pir_utils.OldIrGuard():
             self.program, startup = paddle.static.Program(), paddle.static.Program()
-            with paddle.static.program_guard(self.program, startup), paddle.utils.unique_name.guard(), legacy_api():
+            with paddle.static.program_guard(self.program, startup), paddle.utils.unique_name.guard():
                 build()
             transposed_convs_as_convs(self.program, startup)
             for op in self.program.global_block().ops:
@@ -281,9 +275,9 @@ class StaticStep:
         PG-GAN's matrix-product resampling, the Torch blog's fused upsampling convolutions, DCGAN G's first layer
         as a product) and with dropout masks as program inputs; weights come from `load`."""
         mask = functools.partial(self.input, "mask")
-        nets = network.build(arch, form, mask, **arch_args)
-        return {role: nets[role] if role in nets else network.build_net(arch, role.split("_")[0], arch_args, form, mask)
-                for role in roles}
+        nets = network.build(arch, form, mask, LEGACY_OPS, **arch_args)
+        return {role: nets[role] if role in nets else
+                network.build_net(arch, role.split("_")[0], arch_args, form, mask, LEGACY_OPS) for role in roles}
 
     def register(self, nets, opts):
         """Remember the program's names of the networks' state and of the optimizers' accumulators."""
@@ -465,6 +459,7 @@ class Recording(StaticStep):
         step.store(method.nets, method.opts)
     """
     input_gradient = "analytic"
+    ops = LEGACY_OPS
 
     def __init__(self, method, shape, structure, onednn=ONEDNN_OPS):
         require_static_step(method.arch)

@@ -112,6 +112,7 @@ class Eager:
     and an optimizer step (gradients averaged over processes), and a skipped update or phase is not computed.
     """
     input_gradient = "autograd"   # how WGAN-GP's penalty takes D's input gradient (progressive.input_gradient)
+    ops = network.PADDLE_OPS      # the functions the iteration's maths calls by `ops` (network.PADDLE_OPS)
 
     def __init__(self, nets, opts, running=None, T=None, counter=None, lecam=None, procs=None, reduce=None,
                  numbers=None):
@@ -507,13 +508,14 @@ def d_step(run, D, real, fake, tricks, lecam=None):
         loss_D = _bce(logits_real, t_real) + _bce(logits_fake, t_fake)
     total = loss_D   # then the adaptive L2 term, then LeCam's
     if tricks.balance == "l2":
-        total = total + l2_penalty(D, run.number("coef_l2"))
+        total = total + l2_penalty(D, run.number("coef_l2"), run.ops)
     reg = run.lecam(logits_real, logits_fake) if lecam else None
     if reg is not None:
         total = total + reg
     run.update("D", total, skip_d)
-    out = {"loss_D": loss_D, "D_real": F.sigmoid(logits_real).mean(), "D_fake": F.sigmoid(logits_fake).mean(),
-           "err_R": err_real, "err_F": err_fake, "sign_real": paddle.sign(logits_real).mean(),
+    ops = run.ops
+    out = {"loss_D": loss_D, "D_real": ops.sigmoid(logits_real).mean(), "D_fake": ops.sigmoid(logits_fake).mean(),
+           "err_R": err_real, "err_F": err_fake, "sign_real": ops.sign(logits_real).mean(),
            "kept_G": _bce(logits_fake, paddle.ones_like(logits_fake)), "skip_D": skip_d, "skip_G": skip_g}
     if reg is not None:
         out["lecam"] = reg
@@ -653,30 +655,30 @@ class BCEMethod(Method):
 
 # ----------------------------------------------------------------------------- VAE
 
-def kl_divergence(mean, logvar):
+def kl_divergence(mean, logvar, ops=network.PADDLE_OPS):
     """KL(N(mean, exp(logvar)) || N(0, I)) per image, summed over z: -1/2 sum(1 + logvar - mean^2 - exp(logvar))."""
-    return -0.5 * (1 + logvar - mean * mean - paddle.exp(logvar)).sum(axis=1)
+    return -0.5 * ops.sum(1 + logvar - mean * mean - ops.exp(logvar), axis=1)
 
 
-def reconstruction_error(x, y):
+def reconstruction_error(x, y, ops=network.PADDLE_OPS):
     """Squared pixel error per image, halved: the negative log-likelihood of x under N(y, I), up to a constant."""
-    return 0.5 * ((x - y) ** 2).reshape([x.shape[0], -1]).sum(axis=1)
+    return 0.5 * ops.sum(((x - y) ** 2).reshape([x.shape[0], -1]), axis=1)
 
 
-def encode(E, real, noise):
+def encode(E, real, noise, ops=network.PADDLE_OPS):
     """(z, KL to N(0, I) as a batch mean) for `real`: E gives the mean and log-variance of z, and
     z = mean + exp(logvar / 2) eps with eps = noise(shape), the reparameterisation of the VAE and the VAE/GAN."""
     mean, logvar = E(real)
-    z = mean + paddle.exp(0.5 * logvar) * noise(mean.shape)
-    return z, kl_divergence(mean, logvar).mean()
+    z = mean + ops.exp(0.5 * logvar) * noise(mean.shape)
+    return z, kl_divergence(mean, logvar, ops).mean()
 
 
-def vae_losses(E, G, real, noise):
+def vae_losses(E, G, real, noise, ops=network.PADDLE_OPS):
     """(loss, KL, reconstruction error), batch means, of the VAE on `real`: E gives the mean and log-variance
     of z, z = mean + exp(logvar / 2) eps with eps = noise(shape), G decodes z. The eager step's and the
     static program's, which passes a program input as the noise."""
-    z, kl = encode(E, real, noise)
-    rec = reconstruction_error(real, G(z)).mean()
+    z, kl = encode(E, real, noise, ops)
+    rec = reconstruction_error(real, G(z), ops).mean()
     return kl + rec, kl, rec
 
 
@@ -707,7 +709,7 @@ class VAEMethod(Method):
 
     def iteration(self, run, real):
         """vae_losses, then one backward of the loss and each optimizer's step."""
-        loss, kl, rec = vae_losses(run.nets["E"], run.nets["G"], real, run.noise)
+        loss, kl, rec = vae_losses(run.nets["E"], run.nets["G"], real, run.noise, run.ops)
         run.update(("E", "G"), loss)
         return {"loss": loss, "kl": kl, "reconstruction": rec}
 
@@ -727,7 +729,7 @@ def scale_gradient(x, scale):
     return fixed + scale * (x - fixed)
 
 
-def feature_error(D, reconstructed, real):
+def feature_error(D, reconstructed, real, ops=network.PADDLE_OPS):
     """L_llike per image, batch mean: the reconstruction error measured on D's features (D.features), as the
     negative log-likelihood of a Gaussian of unit variance there: half the summed squares of the difference.
 
@@ -736,14 +738,14 @@ def feature_error(D, reconstructed, real):
     """
     n = real.shape[0]
     features = D.features(paddle.concat([reconstructed, real]))
-    return reconstruction_error(features[n:], features[:n]).mean()
+    return reconstruction_error(features[n:], features[:n], ops).mean()
 
 
-def vaegan_vae_losses(E, G, D, real, noise):
+def vaegan_vae_losses(E, G, D, real, noise, ops=network.PADDLE_OPS):
     """The VAE/GAN's VAE half: (z, KL, L_llike) for `real`, z = mean + exp(logvar / 2) eps with eps = noise(shape).
     Call it with D frozen (L_llike trains E and G, never D)."""
-    z, kl = encode(E, real, noise)
-    return z, kl, feature_error(D, G(z), real)
+    z, kl = encode(E, real, noise, ops)
+    return z, kl, feature_error(D, G(z), real, ops)
 
 
 def vaegan_gan_losses(G, D, T, real, z, noise, z_dim, d_reconstructions):
@@ -823,7 +825,7 @@ class VAEGANMethod(Method):
         E, G, D = run.nets["E"], run.nets["G"], run.nets["D"]
         # the VAE: E's loss KL + L_llike; G keeps gamma times L_llike's gradient
         with frozen(run.plain["D"]):
-            z, kl, llike = vaegan_vae_losses(E, G, run.plain["D"], real, run.noise)
+            z, kl, llike = vaegan_vae_losses(E, G, run.plain["D"], real, run.noise, run.ops)
             run.backward(kl + llike, ("E", "G"))
         run.scale("G", cfg.gamma)
         # the GAN: D's loss 0.5 L_GAN; G's gradient of it reversed and doubled, the gradient of -L_GAN
@@ -835,10 +837,10 @@ class VAEGANMethod(Method):
         skip_d, skip_g = run.decide(self.tricks, err_real, err_fake)
         for name, skip in (("E", None), ("G", skip_g), ("D", skip_d)):
             run.step(name, skip)
-        probs = F.sigmoid(logits)
+        probs = run.ops.sigmoid(logits)
         return {"loss_E": kl + llike, "kl": kl, "llike": llike, "errors": err_real + err_fake, "loss_D": loss_D,
                 "err_R": err_real, "err_F": err_fake, "D_real": probs[:n].mean(), "D_fake": probs[n:].mean(),
-                "sign_real": paddle.sign(logits[:n]).mean(), "skips_D": [skip_d], "skips_G": [skip_g]}
+                "sign_real": run.ops.sign(logits[:n]).mean(), "skips_D": [skip_d], "skips_G": [skip_g]}
 
     def finish(self, values):
         values = dict(values)

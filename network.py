@@ -26,6 +26,7 @@ import functools
 import inspect
 import warnings
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import numpy as np
@@ -42,9 +43,27 @@ from weightInit import dcgan_init, torch_default_init
 warnings.filterwarnings("ignore", message="When training, we now always track global mean", category=UserWarning)
 
 
-def activation(name):
-    """The activation layer called `name`: relu, lrelu (slope 0.2, as DCGAN's D), tanh, or None."""
-    layers = {"relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(0.2), "tanh": nn.Tanh}
+# The Paddle functions that the networks and the methods' maths call and that Paddle 3 builds only into its new (PIR)
+# programs, not into the legacy programs of the static CPU step. They call them through an `ops` argument: Paddle's
+# own by default, here; the static step passes faststep.LEGACY_OPS, the same ops of its legacy programs.
+PADDLE_OPS = SimpleNamespace(tanh=paddle.tanh, sigmoid=F.sigmoid, sqrt=paddle.sqrt, rsqrt=paddle.rsqrt,
+                             sign=paddle.sign, exp=paddle.exp, matmul=paddle.matmul, sum=paddle.sum)
+
+
+class Tanh(nn.Layer):
+    """tanh by `ops` (default PADDLE_OPS: Paddle's own, as nn.Tanh)."""
+
+    def __init__(self, ops=None):
+        super().__init__()
+        self.ops = ops or PADDLE_OPS
+
+    def forward(self, x):
+        return self.ops.tanh(x)
+
+
+def activation(name, ops=None):
+    """The activation layer called `name`: relu, lrelu (slope 0.2, as DCGAN's D), tanh (by `ops`), or None."""
+    layers = {"relu": nn.ReLU, "lrelu": lambda: nn.LeakyReLU(0.2), "tanh": lambda: Tanh(ops)}
     if name is None:
         return nn.Identity()
     return layers[name]()
@@ -83,7 +102,7 @@ class ConvBlock(nn.Layer):
     """
 
     def __init__(self, in_ch, out_ch, kernel=4, stride=2, padding=1, norm=True, act="lrelu", transposed=False,
-                 bias=False, upsampled_input=False, dense_input=False):
+                 bias=False, upsampled_input=False, dense_input=False, ops=None):
         super().__init__()
         # dense_input: a transposed convolution (stride 1, padding 0) of a 1x1 input computed as the one matrix
         # product it is (DCGAN G's first layer in the static step's form); other inputs take the convolution
@@ -96,7 +115,7 @@ class ConvBlock(nn.Layer):
         # No bias where BN follows (it would be cancelled); none at all in DCGAN, as in the reference.
         self.conv = conv(in_ch, out_ch, kernel, stride=stride, padding=padding, bias_attr=None if bias else False)
         self.norm = batch_norm(out_ch) if norm else nn.Identity()
-        self.act = activation(act)
+        self.act = activation(act, ops)
 
     def forward(self, x):
         conv = self.conv
@@ -143,7 +162,7 @@ def dcgan_channels(size, width):
 class DCGANGenerator(nn.Layer):
     """z -> 4x4 -> ... -> size x size RGB in [-1, 1]: transposed-conv blocks with BN and ReLU, tanh out."""
 
-    def __init__(self, size=64, z_dim=100, width=64, form="ref"):
+    def __init__(self, size=64, z_dim=100, width=64, form="ref", ops=None):
         super().__init__()
         self.args = dict(size=size, z_dim=z_dim, width=width)
         self.form = check_form(form)   # how it computes, not what: not in args; "static": first layer as a product
@@ -154,7 +173,7 @@ class DCGANGenerator(nn.Layer):
         while res < size // 2:
             blocks.append(up_block(ch[res], ch[2 * res]))                # -> [N, ch, 2res, 2res]
             res *= 2
-        blocks.append(up_block(ch[res], 3, norm=False, act="tanh"))     # -> [N, 3, size, size]
+        blocks.append(up_block(ch[res], 3, norm=False, act="tanh", ops=ops))   # -> [N, 3, size, size]
         self.main = nn.Sequential(*blocks)
         self.apply(dcgan_init)
 
@@ -254,7 +273,7 @@ class TorchBlogGenerator(nn.Layer):
     The tanh is ours: the blog's images were in [0, 1], ours are in [-1, 1].
     """
 
-    def __init__(self, size=64, z_dim=100, width=64, form="ref"):
+    def __init__(self, size=64, z_dim=100, width=64, form="ref", ops=None):
         super().__init__()
         check_size(size)
         self.args = dict(size=size, z_dim=z_dim, width=width)
@@ -264,7 +283,8 @@ class TorchBlogGenerator(nn.Layer):
         self.dense = nn.Linear(z_dim, ch["dense"] * self.start ** 2)
         chans = [ch["dense"]] + ch["G"]
         self.main = nn.Sequential(*[upsample_block(a, b, fused=form != "ref") for a, b in zip(chans, chans[1:])],
-                                  ConvBlock(chans[-1], 3, 3, stride=1, padding=1, norm=False, act="tanh", bias=True))
+                                  ConvBlock(chans[-1], 3, 3, stride=1, padding=1, norm=False, act="tanh", bias=True,
+                                            ops=ops))
         self.apply(dcgan_init)
 
     def forward(self, z):
@@ -317,34 +337,35 @@ class EqualizedConv2D(nn.Layer):
 class EqualizedLinear(nn.Layer):
     """Dense layer with equalized learning rate (see EqualizedConv2D)."""
 
-    def __init__(self, in_features, out_features, gain=2 ** 0.5):
+    def __init__(self, in_features, out_features, gain=2 ** 0.5, ops=None):
         super().__init__()
+        self.ops = ops or PADDLE_OPS
         self.scale = gain / in_features ** 0.5
         self.weight = self.create_parameter([in_features, out_features], default_initializer=Normal(0.0, 1.0))
         self.bias = self.create_parameter([out_features], is_bias=True, default_initializer=Constant(0.0))
 
     def forward(self, x):
-        return paddle.matmul(x, self.weight * self.scale) + self.bias
+        return self.ops.matmul(x, self.weight * self.scale) + self.bias
 
 
-def pixel_norm(x, eps=1e-8):
+def pixel_norm(x, eps=1e-8, ops=PADDLE_OPS):
     """Each pixel's feature vector scaled to unit root-mean-square over the channels (axis 1).
 
     The scale is expanded to x's shape before the product: Paddle 3.3's CPU multiply broadcasts a
     [N, 1, H, W] operand about 50x slower than it multiplies equal shapes (2.9 ms against 0.05 ms at
     [16, 16, 32, 32]), and the expand costs 0.08 ms. The same numbers, forward and backward, bit for bit.
     """
-    return x * paddle.rsqrt((x * x).mean(axis=1, keepdim=True) + eps).expand(x.shape)
+    return x * ops.rsqrt((x * x).mean(axis=1, keepdim=True) + eps).expand(x.shape)
 
 
-def pixel_norm_by_conv(x, eps=1e-8):
+def pixel_norm_by_conv(x, eps=1e-8, ops=PADDLE_OPS):
     """pixel_norm with the mean over channels of a 4-D x as a 1x1 convolution with weights 1/C: the same
     numbers to float rounding. Exported generators use it, where oneDNN runs the convolution and the mean
     would leave oneDNN's layout (PG-GAN's generation: 1.9x faster)."""
     if len(x.shape) != 4:   # (not a call of pixel_norm: the export puts this function in its place)
-        return x * paddle.rsqrt((x * x).mean(axis=1, keepdim=True) + eps)
+        return x * ops.rsqrt((x * x).mean(axis=1, keepdim=True) + eps)
     c = x.shape[1]
-    return x * paddle.rsqrt(F.conv2d(x * x, paddle.full([1, c, 1, 1], 1.0 / c)) + eps)
+    return x * ops.rsqrt(F.conv2d(x * x, paddle.full([1, c, 1, 1], 1.0 / c)) + eps)
 
 
 def vjp(y, x, g):
@@ -354,7 +375,7 @@ def vjp(y, x, g):
     return paddle.static.gradients([y], [x], [g])[0]
 
 
-def backward_through(tape, g, up=None):
+def backward_through(tape, g, up=None, ops=PADDLE_OPS):
     """The gradient at the start of a pass recorded by PGGANDiscriminator.forward's `tape`, given `g` at its end;
     `up` is the D's form of nearest upsampling (the pooling's adjoint is a quarter of it; default: upsample)."""
     up = up or upsample
@@ -364,7 +385,7 @@ def backward_through(tape, g, up=None):
         if kind == "layer":
             f = step[1]
             if isinstance(f, EqualizedLinear):
-                g = paddle.matmul(g, f.weight * f.scale, transpose_y=True)
+                g = ops.matmul(g, f.weight * f.scale, transpose_y=True)
             else:   # stride 1, same padding: the input's gradient is the convolution with the adjoint kernel
                 g = F.conv2d(g, (f.weight * f.scale).flip([2, 3]).transpose([1, 0, 2, 3]), padding=f.padding)
         elif kind == "lrelu":   # autograd's own: Paddle's second derivative takes slope 0.2 at exactly 0, its first 1
@@ -374,26 +395,26 @@ def backward_through(tape, g, up=None):
         elif kind == "reshape":
             g = g.reshape(list(step[1]))
         elif kind == "stddev":
-            g = minibatch_stddev_gradient(g, step[1])
+            g = minibatch_stddev_gradient(g, step[1], ops=ops)
         else:       # "fade": x = old + (x - old) * alpha, old computed from the same input by its own steps
             _, alpha, old_tape = step
-            extra.append(backward_through(old_tape, g * (1.0 - alpha), up))
+            extra.append(backward_through(old_tape, g * (1.0 - alpha), up, ops))
             g = g * alpha
     for e in extra:
         g = g + e
     return g
 
 
-def group_deviations(x, g):
+def group_deviations(x, g, ops=PADDLE_OPS):
     """(each image's deviation from its group's mean, [G, M, C, H, W]; each feature's std over its group,
     [M, C, H, W]) for groups of `g` images: image i is in group i % M, as the official code's reshape."""
     n, c, h, w = x.shape
     y = x.reshape([g, -1, c, h, w])
     y = y - y.mean(axis=0, keepdim=True)
-    return y, paddle.sqrt((y * y).mean(axis=0) + 1e-8)
+    return y, ops.sqrt((y * y).mean(axis=0) + 1e-8)
 
 
-def minibatch_stddev_gradient(g, x, group=4):
+def minibatch_stddev_gradient(g, x, group=4, ops=PADDLE_OPS):
     """The gradient at x of sum(g * minibatch_stddev(x, group)), for backward_through.
 
     With y the group's deviations from its mean and std = sqrt(mean(y^2) + 1e-8), the extra channel's value s
@@ -401,13 +422,13 @@ def minibatch_stddev_gradient(g, x, group=4):
     """
     n, c, h, w = x.shape
     gs = min(group, n)
-    y, std = group_deviations(x, gs)
-    g_s = g[:, c:].reshape([gs, -1, h * w]).sum(axis=[0, 2])            # [M]: each group's value's gradient
+    y, std = group_deviations(x, gs, ops)
+    g_s = ops.sum(g[:, c:].reshape([gs, -1, h * w]), axis=[0, 2])      # [M]: each group's value's gradient
     through = y * (g_s.reshape([1, -1, 1, 1, 1]) / float(gs * c * h * w)) / std
     return g[:, :c] + through.reshape([n, c, h, w])
 
 
-def minibatch_stddev(x, group=4):
+def minibatch_stddev(x, group=4, ops=PADDLE_OPS):
     """x with one more channel: the standard deviation over groups of `group` images, averaged to one value.
 
     As the official code: the batch is split into groups of min(group, N) images (N must be a
@@ -416,7 +437,7 @@ def minibatch_stddev(x, group=4):
     """
     n, c, h, w = x.shape
     g = min(group, n)
-    _, std = group_deviations(x, g)
+    _, std = group_deviations(x, g, ops)
     s = std.mean(axis=[1, 2, 3])                           # [M]
     s = paddle.tile(s.reshape([1, -1, 1, 1, 1]), [g, 1, 1, h, w]).reshape([n, 1, h, w])
     return paddle.concat([x, s], axis=1)
@@ -491,31 +512,31 @@ def resampling_matrix(n, up):
     return m
 
 
-def upsample_by_products(x):
+def upsample_by_products(x, ops=PADDLE_OPS):
     """upsample(x) as two matrix products, R @ x @ R^T with R = resampling_matrix(up=True): exactly the same
     numbers (each output is one input times 1, plus zeros); its gradient sums each 2x2 block in another order.
     Paddle 3.3's CPU nearest_interp and its gradient run at about a sixth of this speed (16 -> 32 px, 16 channels,
     batch 16: 3.0 against 0.5 ms forward + backward). PG-GAN's static step uses it (PGGAN_FORMS["static"])."""
-    return _resample(x, True)
+    return _resample(x, True, ops)
 
 
-def downsample_by_products(x):
+def downsample_by_products(x, ops=PADDLE_OPS):
     """downsample(x) as two matrix products with halves, P @ x @ P^T: the same numbers to float rounding, about
     3x faster than Paddle 3.3's CPU avg_pool2d forward + backward. PG-GAN's static step uses it."""
-    return _resample(x, False)
+    return _resample(x, False, ops)
 
 
-def up_conv_by_products(conv, x):
+def up_conv_by_products(conv, x, ops=PADDLE_OPS):
     """up_conv with upsample_by_products: the same numbers."""
-    return conv(upsample_by_products(x))
+    return conv(upsample_by_products(x, ops))
 
 
-def _resample(x, up):
+def _resample(x, up, ops=PADDLE_OPS):
     """R_h @ x @ R_w^T with resampling matrices for x's height and width (one matrix when they are equal)."""
     h, w = (n if up else n // 2 for n in x.shape[-2:])
     rows = resampling_matrix(h, up)
     cols = rows if w == h else resampling_matrix(w, up)
-    return paddle.matmul(paddle.matmul(rows, x), cols, transpose_y=True)
+    return ops.matmul(ops.matmul(rows, x), cols, transpose_y=True)
 
 
 # PG-GAN's resampling, pixel norm and upsampling convolution in each form its networks are built in (form=): the
@@ -532,9 +553,29 @@ PGGAN_FORMS = {
 }
 
 
-def pggan_ops(form):
-    """PGGAN_FORMS[form]; ValueError naming the forms."""
-    return PGGAN_FORMS[check_form(form)]
+def pggan_forms(form, ops=None):
+    """PGGAN_FORMS[form], its functions calling `ops` (default PADDLE_OPS); ValueError naming the forms."""
+    ops = ops or PADDLE_OPS
+    return {name: functools.partial(f, ops=ops) if "ops" in inspect.signature(f).parameters else f
+            for name, f in PGGAN_FORMS[check_form(form)].items()}
+
+
+class PGGANNetwork(nn.Layer):
+    """What PG-GAN's G and D share: their arguments and channel table, their form (PGGAN_FORMS) and `ops`, and the
+    stage they run at (`set_stage`)."""
+
+    def __init__(self, size, z_dim, fmap_base, fmap_max, form, ops):
+        super().__init__()
+        self.args = dict(size=size, z_dim=z_dim, fmap_base=fmap_base, fmap_max=fmap_max)
+        self.ops = ops or PADDLE_OPS
+        self.form, self.forms = form, pggan_forms(form, self.ops)   # how it computes, not what: not in args
+        self.nf = pggan_channels(size, fmap_base, fmap_max)
+        self.res, self.alpha = size, 1.0
+
+    def set_stage(self, res, alpha=1.0):
+        if res not in self.nf:
+            raise ValueError(f"resolution {res} is not one of {list(self.nf)}")
+        self.res, self.alpha = res, float(alpha) if isinstance(alpha, (int, float)) else alpha   # or a program input
 
 
 def fading(alpha):
@@ -553,7 +594,7 @@ def pggan_channels(size, fmap_base, fmap_max):
     return {r: max(1, min(2 * fmap_base // r, fmap_max)) for r in (2 ** k for k in range(2, size.bit_length()))}
 
 
-class PGGANGenerator(nn.Layer):
+class PGGANGenerator(PGGANNetwork):
     """Progressive G: z pixel-normed -> dense 4x4 -> conv3x3, then per resolution upsample, conv3x3 x 2.
 
     LeakyReLU 0.2 and pixel norm after every conv, a 1x1 to-RGB per resolution (linear output,
@@ -561,31 +602,22 @@ class PGGANGenerator(nn.Layer):
     fade (alpha < 1) the output is lerp(upsample(to_rgb_old(prev)), to_rgb_new(new), alpha).
     """
 
-    def __init__(self, size=32, z_dim=512, fmap_base=256, fmap_max=64, form="ref"):
-        super().__init__()
-        self.args = dict(size=size, z_dim=z_dim, fmap_base=fmap_base, fmap_max=fmap_max)
-        self.form, self.ops = form, pggan_ops(form)   # how it computes, not what: not in args
-        self.nf = pggan_channels(size, fmap_base, fmap_max)
+    def __init__(self, size=32, z_dim=512, fmap_base=256, fmap_max=64, form="ref", ops=None):
+        super().__init__(size, z_dim, fmap_base, fmap_max, form, ops)
         nf4 = self.nf[4]
-        self.dense = EqualizedLinear(z_dim, nf4 * 16, gain=2 ** 0.5 / 4)  # the official gain for this layer
+        self.dense = EqualizedLinear(z_dim, nf4 * 16, gain=2 ** 0.5 / 4, ops=ops)  # the official gain for this layer
         self.blocks = nn.LayerDict({"4": EqualizedConv2D(nf4, nf4)})
         self.to_rgb = nn.LayerDict({"4": EqualizedConv2D(nf4, 3, kernel=1, gain=1.0)})
         for r in list(self.nf)[1:]:
             self.blocks[str(r)] = nn.LayerList([EqualizedConv2D(self.nf[r // 2], self.nf[r]),
                                                 EqualizedConv2D(self.nf[r], self.nf[r])])
             self.to_rgb[str(r)] = EqualizedConv2D(self.nf[r], 3, kernel=1, gain=1.0)
-        self.res, self.alpha = size, 1.0
-
-    def set_stage(self, res, alpha=1.0):
-        if res not in self.nf:
-            raise ValueError(f"resolution {res} is not one of {list(self.nf)}")
-        self.res, self.alpha = res, float(alpha) if isinstance(alpha, (int, float)) else alpha   # or a program input
 
     def _act(self, x):
-        return self.ops["pixel_norm"](F.leaky_relu(x, 0.2))
+        return self.forms["pixel_norm"](F.leaky_relu(x, 0.2))
 
     def forward(self, z):
-        x = self.dense(self.ops["pixel_norm"](z.reshape([-1, self.args["z_dim"]])))
+        x = self.dense(self.forms["pixel_norm"](z.reshape([-1, self.args["z_dim"]])))
         x = self._act(x.reshape([-1, self.nf[4], 4, 4]))
         x = self._act(self.blocks["4"](x))
         prev = None
@@ -593,39 +625,30 @@ class PGGANGenerator(nn.Layer):
         while r < self.res:
             prev, r = x, 2 * r
             first, second = self.blocks[str(r)]
-            x = self._act(second(self._act(self.ops["up_conv"](first, x))))
+            x = self._act(second(self._act(self.forms["up_conv"](first, x))))
         rgb = self.to_rgb[str(r)](x)
         if fading(self.alpha) and prev is not None:
-            old = self.ops["upsample"](self.to_rgb[str(r // 2)](prev))
+            old = self.forms["upsample"](self.to_rgb[str(r // 2)](prev))
             rgb = old + (rgb - old) * self.alpha
         return rgb
 
 
-class PGGANDiscriminator(nn.Layer):
+class PGGANDiscriminator(PGGANNetwork):
     """Progressive D mirroring G: 1x1 from-RGB, per resolution conv3x3 x 2 + average pool, and at 4x4
     minibatch stddev, conv3x3, dense, dense -> 1 (gain 1). During a fade its input side mirrors
     G's: lerp(from_rgb_old(avgpool(x)), block(from_rgb_new(x)), alpha).
     """
 
-    def __init__(self, size=32, z_dim=512, fmap_base=256, fmap_max=64, form="ref"):
-        super().__init__()
-        self.args = dict(size=size, z_dim=z_dim, fmap_base=fmap_base, fmap_max=fmap_max)
-        self.form, self.ops = form, pggan_ops(form)   # how it computes, not what: not in args
-        self.nf = pggan_channels(size, fmap_base, fmap_max)
+    def __init__(self, size=32, z_dim=512, fmap_base=256, fmap_max=64, form="ref", ops=None):
+        super().__init__(size, z_dim, fmap_base, fmap_max, form, ops)
         nf4 = self.nf[4]
         self.from_rgb = nn.LayerDict({str(r): EqualizedConv2D(3, self.nf[r], kernel=1) for r in self.nf})
         self.blocks = nn.LayerDict({str(r): nn.LayerList([EqualizedConv2D(self.nf[r], self.nf[r]),
                                                           EqualizedConv2D(self.nf[r], self.nf[r // 2])])
                                     for r in list(self.nf)[1:]})
         self.final_conv = EqualizedConv2D(nf4 + 1, nf4)
-        self.dense = EqualizedLinear(nf4 * 16, nf4)
-        self.out = EqualizedLinear(nf4, 1, gain=1.0)
-        self.res, self.alpha = size, 1.0
-
-    def set_stage(self, res, alpha=1.0):
-        if res not in self.nf:
-            raise ValueError(f"resolution {res} is not one of {list(self.nf)}")
-        self.res, self.alpha = res, float(alpha) if isinstance(alpha, (int, float)) else alpha   # or a program input
+        self.dense = EqualizedLinear(nf4 * 16, nf4, ops=ops)
+        self.out = EqualizedLinear(nf4, 1, gain=1.0, ops=ops)
 
     def forward(self, img, tape=None):
         """[N] scores (WGAN: not logits). `tape`, a list, receives each step of the pass for input_gradient."""
@@ -642,7 +665,7 @@ class PGGANDiscriminator(nn.Layer):
 
         def pool(x, rec=record):
             rec(("pool",))
-            return self.ops["downsample"](x)
+            return self.forms["downsample"](x)
 
         r = img.shape[-1]
         x = act(layer(self.from_rgb[str(r)], img))
@@ -658,7 +681,7 @@ class PGGANDiscriminator(nn.Layer):
                 x = old + (x - old) * self.alpha
             r //= 2
         record(("stddev", x))
-        x = act(layer(self.final_conv, minibatch_stddev(x)))
+        x = act(layer(self.final_conv, minibatch_stddev(x, ops=self.ops)))
         record(("reshape", x.shape))
         x = act(layer(self.dense, x.reshape([x.shape[0], -1])))  # reshape: flatten has no second derivative
         return layer(self.out, x).reshape([-1])                  # -> [N]
@@ -672,7 +695,7 @@ class PGGANDiscriminator(nn.Layer):
         """
         tape = []
         self.forward(img, tape)
-        return backward_through(tape, paddle.ones([img.shape[0], 1]), self.ops["upsample"])
+        return backward_through(tape, paddle.ones([img.shape[0], 1]), self.forms["upsample"], self.ops)
 
 
 # ----------------------------------------------------------------------------- the Torch blog's VAE
@@ -708,16 +731,17 @@ class MLPGenerator(nn.Layer):
     size; PyTorch's default initialisation, as the series' code.
     """
 
-    def __init__(self, size=32, z_dim=100, hidden=300):
+    def __init__(self, size=32, z_dim=100, hidden=300, ops=None):
         super().__init__()
         self.args = dict(size=size, z_dim=z_dim)
+        self.ops = ops or PADDLE_OPS
         self.main = nn.Sequential(nn.Linear(z_dim, hidden), nn.LeakyReLU(MLP_SLOPE), nn.LayerNorm(hidden),
                                   nn.Linear(hidden, 3 * size * size))                  # -> [N, 3 S S]
         self.apply(torch_default_init)
 
     def forward(self, z):
         s = self.args["size"]
-        return F.sigmoid(self.main(z.reshape([-1, self.args["z_dim"]]))).reshape([-1, 3, s, s]) * 2 - 1
+        return self.ops.sigmoid(self.main(z.reshape([-1, self.args["z_dim"]]))).reshape([-1, 3, s, s]) * 2 - 1
 
 
 class MLPDiscriminator(nn.Layer):
@@ -743,13 +767,13 @@ class Conv128Generator(nn.Layer):
     """The series' convolutional G for 128x128 crops, layer for layer:
     z -> dense 3x28x28 -> LeakyReLU -> 256x62x62 -> 3x128x128 -> BatchNorm -> LeakyReLU -> tanh."""
 
-    def __init__(self, size=128, z_dim=100):
+    def __init__(self, size=128, z_dim=100, ops=None):
         super().__init__()
         self.args = dict(size=size, z_dim=z_dim)
         self.dense = nn.Sequential(nn.Linear(z_dim, 3 * 28 * 28), nn.LeakyReLU(0.2))
         self.main = nn.Sequential(conv128_block(3, 256, transposed=True),              # -> [N, 256, 62, 62]
                                   conv128_block(256, 3, transposed=True, padding=1),   # -> [N, 3, 128, 128]
-                                  nn.Tanh())
+                                  activation("tanh", ops))
         self.apply(torch_default_init)
 
     def forward(self, z):
@@ -836,17 +860,18 @@ def architecture(name):
     return ARCHITECTURES[name]
 
 
-def build(name, form=None, mask=None, **args):
+def build(name, form=None, mask=None, ops=None, **args):
     """{role: network} of architecture `name` built with `args`, freshly initialised, in the entry's order. The
     static step and the export also say how they compute, to the networks whose constructors take it: `form`
-    ("static", "export"; PGGAN_FORMS, the DCGAN and Torch blog generators) and `mask` (FedDropout's masks)."""
-    return {role: _made(net, args, form=form, mask=mask) for role, net in architecture(name).networks.items()}
+    ("static", "export"; PGGAN_FORMS, the DCGAN and Torch blog generators), `mask` (FedDropout's masks) and `ops`
+    (PADDLE_OPS' functions as the static program builds them)."""
+    return {role: _made(net, args, form=form, mask=mask, ops=ops) for role, net in architecture(name).networks.items()}
 
 
-def build_net(name, role, args, form=None, mask=None):
+def build_net(name, role, args, form=None, mask=None, ops=None):
     """One network of architecture `name` (its `role`, as "G"), as a checkpoint stores it: arguments only (and how
     it computes, as build's)."""
-    return _made(architecture(name).networks[role], args, form=form, mask=mask)
+    return _made(architecture(name).networks[role], args, form=form, mask=mask, ops=ops)
 
 
 def _made(cls, args, **how):

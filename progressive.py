@@ -88,11 +88,11 @@ def input_gradient(D, x, impl="autograd"):
     return grad
 
 
-def gradient_penalty(D, real, fake, u, impl="autograd"):
+def gradient_penalty(D, real, fake, u, impl="autograd", ops=network.PADDLE_OPS):
     """10 * mean over images of (||grad_x D(x_hat)|| - 1)^2, x_hat = lerp(real, fake, u) (u: [N, 1, 1, 1] in [0, 1))."""
     x_hat = real + (fake - real) * u
     grad = input_gradient(D, x_hat, impl)
-    norm = paddle.sqrt((grad * grad).reshape([grad.shape[0], -1]).sum(axis=1) + 1e-12)
+    norm = ops.sqrt(ops.sum((grad * grad).reshape([grad.shape[0], -1]), axis=1) + 1e-12)
     return GP_WEIGHT * ((norm - 1.0) ** 2).mean()
 
 
@@ -116,7 +116,7 @@ def iteration(run, real, z_dim, res, fading, lecam=None):
         fake = G(run.noise([n, z_dim]))
     real, fake = T(real), T(fake.detach())
     score_real, score_fake = D(real), D(fake)
-    gp = gradient_penalty(D, real, fake, run.uniform([n, 1, 1, 1]), run.input_gradient)
+    gp = gradient_penalty(D, real, fake, run.uniform([n, 1, 1, 1]), run.input_gradient, run.ops)
     wasserstein = score_fake.mean() - score_real.mean()
     loss_D = wasserstein + gp + DRIFT * (score_real * score_real).mean()
     reg = run.lecam(score_real, score_fake) if lecam else None
@@ -126,7 +126,7 @@ def iteration(run, real, z_dim, res, fading, lecam=None):
         run.update("G", loss_G)
     ema_update(run.plain["G_ema"], run.plain["G"], run.number("ema_beta"), run.number("ema_rest"), run.assign)
     out = {"loss_D": loss_D, "loss_G": loss_G, "gp": gp, "wasserstein": -wasserstein, "D_real": score_real.mean(),
-           "D_fake": score_fake.mean(), "sign_real": paddle.sign(score_real).mean()}
+           "D_fake": score_fake.mean(), "sign_real": run.ops.sign(score_real).mean()}
     if reg is not None:
         out["lecam"] = reg
     return out

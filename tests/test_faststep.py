@@ -122,15 +122,16 @@ def test_static_step_equals_the_dygraph_step_with_label_tricks(lfw8, arch, label
     assert_states_close(runs, atol=1e-5)
 
 
-def assert_adam_states_close(have, want, lr, atol=1e-6):
+def assert_adam_states_close(have, want, lr, atol=1e-6, scale=1e-4):
     """Every number of two states after one Adam update equal to float tolerance, except that up to 1 in 1,000
     elements of a large weight may differ by up to 2.1 lr: Adam's first update moves each weight by about
     lr * sign(gradient), and where a gradient is float noise its sign depends on the order of the sums.
     Float tolerance is relative to each tensor's scale too: an element near 0 of a BatchNorm mean is a sum of
-    large terms, whose rounding follows the convolution kernel's order (oneDNN's differs by CPU)."""
+    large terms, whose rounding follows the convolution kernel's order (oneDNN's differs by CPU): `scale` of
+    the tensor's largest element."""
     assert set(want) <= set(have)
     for k in want:
-        atol_k = max(atol, 1e-4 * float(np.abs(want[k]).max(initial=0.0)))
+        atol_k = max(atol, scale * float(np.abs(want[k]).max(initial=0.0)))
         close = np.isclose(have[k], want[k], rtol=1e-4, atol=atol_k)
         if k.split(".")[-1] == "weight" and close.size > 1000:
             assert close.mean() >= 0.999 and np.abs(have[k] - want[k]).max() <= 2.1 * lr, k
@@ -153,7 +154,11 @@ def test_static_step_equals_the_dygraph_step_for_the_series_models(lfw8, arch, s
     real = batches(3, batch, size)
     first = step_both(runs, real[:1])
     eager, static = runs["dygraph"], runs["static"]
-    assert_adam_states_close(every_number(static.nets, static.opts), every_number(eager.nets, eager.opts), 1e-4)
+    # conv128's gradients sum its 8x8 convolutions of 256 channels, through BatchNorm of 2 images, in oneDNN's order
+    # and in MKL's (whose order follows the threads the process has used): an element that is a sum of cancelling
+    # terms differs by up to about 1e-3 of its tensor's largest (seen in G's first moments)
+    assert_adam_states_close(every_number(static.nets, static.opts), every_number(eager.nets, eager.opts), 1e-4,
+                             scale=5e-3 if arch == "conv128" else 1e-4)
     rest = step_both(runs, real[1:], seed=43)
     assert_numbers_close({k: first[k] + rest[k] for k in first})
 
@@ -221,6 +226,27 @@ def test_static_step_equals_the_dygraph_step_with_balancing(lfw8, arch, options,
     eager, static = runs["dygraph"], runs["static"]   # learning rates up to 1e-2: Adam's sign on noise shows
     assert_adam_states_close(every_number(static.nets, static.opts), every_number(eager.nets, eager.opts),
                              options.get("lr", 2e-4), atol=1e-5)
+
+
+def test_the_legacy_ops_are_paddles_functions_of_the_same_names_and_numbers():
+    """faststep.LEGACY_OPS, which the static program's networks and iteration call where the eager ones call
+    network.PADDLE_OPS: every function, and each one's numbers in a legacy program equal to Paddle's own."""
+    assert set(vars(faststep.LEGACY_OPS)) == set(vars(network.PADDLE_OPS))
+    rng = np.random.default_rng(0)
+    x_value = rng.uniform(0.1, 2.0, (3, 4)).astype(np.float32)
+    calls = {name: (lambda f: f(x)) for name in ("tanh", "sigmoid", "sqrt", "rsqrt", "sign", "exp")}
+    calls["matmul"] = lambda f: f(x, x, transpose_y=True)
+    calls["sum"] = lambda f: f(x, axis=1)
+    with paddle.pir_utils.OldIrGuard():
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", [3, 4], "float32")
+            fetch = [call(getattr(faststep.LEGACY_OPS, name)) for name, call in calls.items()]
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        got = exe.run(main, feed={"x": x_value}, fetch_list=fetch)
+    x = paddle.to_tensor(x_value)
+    for (name, call), value in zip(calls.items(), got):
+        np.testing.assert_allclose(value, call(getattr(network.PADDLE_OPS, name)).numpy(), rtol=1e-6, err_msg=name)
 
 
 def test_store_then_load_round_trips_and_training_continues_in_dygraph(lfw8):
@@ -367,13 +393,13 @@ def transposed_conv_program(x_shape, weight_shape, rewrite, **options):
     `rewrite`, after faststep.transposed_convs_as_convs. Returns (program, startup, y, [y, grad x, grad weight])."""
     with paddle.pir_utils.OldIrGuard():
         main, startup = paddle.static.Program(), paddle.static.Program()
-        with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard(), faststep.legacy_api():
+        with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
             x = paddle.static.data("x", x_shape, "float32")
             x.stop_gradient = False
             weight = paddle.create_parameter(weight_shape, "float32")
             y = paddle.nn.functional.conv2d_transpose(x, weight, **options)
             r = paddle.static.data("r", y.shape, "float32")
-            fetch = [y, *paddle.static.gradients((y * r).sum(), [x, weight])]
+            fetch = [y, *paddle.static.gradients(faststep.LEGACY_OPS.sum(y * r), [x, weight])]
         if rewrite:
             faststep.transposed_convs_as_convs(main, startup)
         for op in main.global_block().ops:

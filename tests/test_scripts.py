@@ -64,12 +64,9 @@ def test_the_import_graph_has_no_cycle():
     assert {"train", "generator", "evaluate"} <= done and "evaluate" not in graph["train"]
 
 
-# Run-time patches still in the code, each (file, function): what they replace while a static program is built or
-# G is exported. They are the remaining work towards fast forms chosen by argument, as PG-GAN's (network.PGGAN_FORMS):
-# remove an entry when its patch goes; a new patch anywhere fails the test below.
-REMAINING_PATCHES = {
-    ("faststep.py", "legacy_api"),             # paddle.sqrt, tanh, ..., sum and Variable.sum as legacy ops
-}
+# Run-time patches in the code, each (file, function): none. Fast forms are chosen by argument (network.FORMS) and
+# the static program's ops passed in (faststep.LEGACY_OPS); a patch anywhere fails the test below.
+REMAINING_PATCHES = set()
 
 
 def run_time_patches(path):
@@ -102,7 +99,7 @@ def run_time_patches(path):
     return found
 
 
-def test_no_code_patches_paddle_or_a_module_at_run_time_but_the_listed_remainder(tmp_path):
+def test_no_code_patches_paddle_or_a_module_at_run_time(tmp_path):
     found = {(f, function) for f in sorted(os.listdir(ROOT)) if f.endswith(".py")
              for function, _ in run_time_patches(os.path.join(ROOT, f))}
     assert found == REMAINING_PATCHES
