@@ -46,8 +46,9 @@ ALLOWED = {
     ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
 }
-# Before 0.6.0 the random state was Paddle's GeneratorState object, pickled as this name; it is read as plain data.
-LEGACY_GENERATOR_STATE = ("paddle.base.libpaddle", "GeneratorState")
+# Before 0.6.0 the random state was Paddle's GeneratorState object, pickled under its class name in one of Paddle's
+# modules; it is read as plain data, whichever module the Paddle of the day wrote.
+LEGACY_GENERATOR_STATE = "GeneratorState"
 
 
 class CheckpointError(Exception):
@@ -63,7 +64,7 @@ class _PickledGeneratorState:
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if (module, name) == LEGACY_GENERATOR_STATE:
+        if module.split(".")[0] == "paddle" and name == LEGACY_GENERATOR_STATE:
             return _PickledGeneratorState
         if (module, name) not in ALLOWED:
             raise CheckpointError(f"it refers to {module}.{name}, which no checkpoint of ours holds; "

@@ -211,11 +211,11 @@ def require_static_step(arch):
 
 
 class StaticStep:
-    """What every static step shares: its own scope and program, the random inputs it draws in the eager
-    step's order, and copying weights and optimizer state between the program and the dygraph objects.
+    """A static program's machinery: its own scope and program, the random inputs it draws in the eager
+    step's order, and copying weights and optimizer state between the program and the eager objects.
 
-    Subclasses build the program in `_build` with `self.input` (a random input), `self.T` (augmentation),
-    `self.register` (which networks and optimizers it holds), and set `self.fetch`.
+    `build` (Recording's) builds the program with `self.input` (a random input), `self.T` (augmentation),
+    `self.networks`, and `self.register` (which networks and optimizers it holds), and sets `self.fetch`.
     """
     rewind_from = None    # the draw from which `rewind` holds the generator's state (numbers a run may give back)
 

@@ -28,8 +28,9 @@ options and dataset, and --out shared (or copied from rank 0's machine) to resum
 Defaults are the tutorial's (batch 128, one pass over the data per epoch, width 64) except on
 the 100 built-in LFW faces, where a global batch of 64 (split among processes), 6,400 images
 per epoch, width 32 and mirroring make `--epochs 8` a few minutes on a laptop CPU. Any flag
-given wins. On the CPU an iteration runs as one static program with oneDNN convolutions
-(faststep.py, same maths, every architecture and option; --step dygraph for Paddle's eager mode).
+given wins. On the CPU an iteration runs as one static program with oneDNN convolutions, recorded
+from the method's own iteration (faststep.py; every architecture but mlp, which gains too little;
+--step dygraph for Paddle's eager mode).
 
 Examples:
     python train.py --epochs 8                      # the tutorial's run (or the LFW demo)
@@ -134,9 +135,9 @@ class TrainConfig:
     log_every: int = setting(10, "iterations per record in log.jsonl", at_least(1))
     num_workers: int = setting(0, "loader processes (0: read in the training thread, fast enough on a CPU; more can "
                                "help a GPU)", at_least(0))
-    step: str = setting("auto", "static: an iteration as one static program with oneDNN convolutions, up to 2x "
+    step: str = setting("auto", "static: an iteration as one static program with oneDNN convolutions, 1.8-5.8x "
                         "dygraph on a CPU, same maths; dygraph: Paddle's eager mode; auto: static on the CPU in one "
-                        "process",
+                        "process where the architecture has it (all but mlp)",
                         choices=("auto", "static", "dygraph"))
     save_every: int = setting(500, "iterations between checkpoints, so a crash loses at most this many (one is also "
                               "written at each epoch end; 0: epoch ends only)", at_least(0))
