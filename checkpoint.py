@@ -197,7 +197,7 @@ def _trained(net):
     return {k: p for k, p in net.named_parameters() if p.trainable}
 
 
-def ensure_accumulators(opt, net):
+def ensure_optimizer_state(opt, net):
     """Give `opt` its state tensors for `net`'s trained parameters if it has none yet, so that they can take values.
 
     Paddle creates an optimizer's state at its first step, under names it makes up then; the one public way to
@@ -239,7 +239,7 @@ def set_optimizer_state(opt, net, state):
     params = _trained(net)
     if set(state) != set(params):
         raise CheckpointError(f"the optimizer state is for other parameters ({len(state)} vs {len(params)})")
-    ensure_accumulators(opt, net)
+    ensure_optimizer_state(opt, net)
     names = _state_names(opt, net)
     opt.set_state_dict({tensor: paddle.to_tensor(np.asarray(state[k][name]))
                         for k, entries in names.items() for name, tensor in entries.items()})

@@ -352,7 +352,7 @@ class StaticStep:
         for key, net in nets.items():
             self.store_net(key, net)
         for key, opt in opts.items():  # the parameters outside this program keep their state
-            checkpoint.ensure_accumulators(opt, nets[key])
+            checkpoint.ensure_optimizer_state(opt, nets[key])
             state = checkpoint.optimizer_state(opt, nets[key])
             state.update({k: {acc: self._get(name) for acc, name in entries.items()}
                           for k, entries in self.adam[key].items()})
