@@ -118,7 +118,7 @@ class Eager:
                  numbers=None):
         self.plain = nets                       # the networks, for their attributes (set_stage, features, ...)
         self.nets = running or nets             # for forwards: wrapped for several processes
-        self.opts, self.T, self.counter, self.lecam_term = opts, T or same, counter, lecam
+        self.opts, self.T, self.counter, self.regulariser = opts, T or same, counter, lecam   # LeCam: balance.LeCam
         self.procs, self.reduce, self.numbers = procs, reduce, dict(numbers or {})
         self.cleared = set()
 
@@ -149,7 +149,7 @@ class Eager:
 
     def lecam(self, out_real, out_fake):
         """The method's LeCam term (balance.LeCam) for D's outputs, after its averages took them."""
-        return self.lecam_term(out_real, out_fake)
+        return self.regulariser(out_real, out_fake)
 
     def _opts(self, keys):
         return [self.opts[k] for k in ((keys,) if isinstance(keys, str) else keys)]
@@ -159,11 +159,11 @@ class Eager:
         backward, gradients averaged over processes, each optimizer's step; nothing where `skip` is true."""
         if skip:
             return
-        counter, opts = self.counter, self._opts(keys)
-        if counter is None:
+        opts = self._opts(keys)
+        if self.counter is None:
             update(opts if len(opts) > 1 else opts[0], loss, self.reduce)
-        else:   # each update counted, and RMSProp's warm-up rate set (balance.Tricks.step)
-            update(opts[0], loss, self.reduce, functools.partial(counter.step, net=keys))
+        else:   # one network's update, counted, at RMSProp's warm-up rate (balance.Tricks.step)
+            update(*opts, loss, self.reduce, functools.partial(self.counter.step, net=keys))
 
     def backward(self, loss, keys):
         """Add `loss`'s gradients to those of the networks `keys` (the first backward of a key in an iteration
