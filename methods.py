@@ -325,8 +325,8 @@ class Method:
                         "augmentation probability", os.path.join(folder, "augment.png"))
 
     @classmethod
-    def defaults(cls, cfg, embedded):
-        """{setting: value} for this method's settings, given the rest of `cfg` and the kind of dataset."""
+    def defaults(cls, cfg, small):
+        """{setting: value} for this method's settings, given the rest of `cfg` and whether the data is small."""
         return dict(cls.DEFAULTS)
 
     @classmethod
@@ -588,7 +588,7 @@ class BCEMethod(Method):
     LR = {"adam": 2e-4, "rmsprop": 1e-3}   # Radford et al.; the blog's RMSProp
 
     @classmethod
-    def defaults(cls, cfg, embedded):
+    def defaults(cls, cfg, small):
         optimizer, balance = cfg.optimizer or cls.DEFAULTS["optimizer"], cfg.balance or cls.DEFAULTS["balance"]
         return {**cls.DEFAULTS, "lr": cls.LR[optimizer], "margin": MARGINS.get(balance, MARGINS["margin"])}
 
@@ -794,7 +794,7 @@ class VAEGANMethod(Method):
     # anneals it over 150 epochs, which this constant rate does not.
 
     @classmethod
-    def defaults(cls, cfg, embedded):
+    def defaults(cls, cfg, small):
         balance = cfg.balance or cls.DEFAULTS["balance"]
         return {**cls.DEFAULTS, "margin": MARGINS.get(balance, MARGINS["equilibrium"])}
 

@@ -818,7 +818,8 @@ class Architecture:
     inference: bool = False    # Paddle Inference runs its G (generator.py's CPU path)
     size_problem: object = power_of_two_size   # size -> why it cannot be built at that size, or None
     defaults: dict = field(default_factory=dict)   # its own values for settings its method would choose
-    builtin: dict = field(default_factory=dict)    # its recipe on the 100 built-in faces, chosen by measurement
+    builtin: dict = field(default_factory=dict)    # its small-data recipe (train.small_data), measured on the
+    #                                                built-in faces
 
 
 ARCHITECTURES = {

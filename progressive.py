@@ -141,16 +141,16 @@ class ProgressiveMethod(Method):
     sampler = "G_ema"
     loss_label = "WGAN-GP loss"
     DEFAULTS = dict(z_dim=512, lr=1e-3, beta1=0.0, beta2=0.99, batch_sizes=BATCH_SIZES, augment="none", lecam=0.0)
-    PHASE_KIMG = 100        # thousands of images per phase, except on the built-in faces: one epoch
+    PHASE_KIMG = 100        # thousands of images per phase, except on small data (train.small_data): one epoch
 
     @classmethod
-    def defaults(cls, cfg, embedded):
-        return {**cls.DEFAULTS, "phase_kimg": cfg.epoch_images / 1000 if embedded else cls.PHASE_KIMG}
+    def defaults(cls, cfg, small):
+        return {**cls.DEFAULTS, "phase_kimg": cfg.epoch_images / 1000 if small else cls.PHASE_KIMG}
 
     @classmethod
     def default_help(cls, name):
         if name == "phase_kimg":
-            return f"{cls.PHASE_KIMG}; one epoch on the built-in faces"
+            return f"{cls.PHASE_KIMG}; one epoch on small data"
         return super().default_help(name)
 
     @classmethod

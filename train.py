@@ -26,9 +26,10 @@ machines: one launcher on each with --nnodes, the same --master and its own --ra
 options and dataset, and --out shared (or copied from rank 0's machine) to resume.
 
 Defaults are the tutorial's (batch 128, one pass over the data per epoch, width 64) except on
-the 100 built-in LFW faces, where a global batch of 64 (split among processes), 6,400 images
-per epoch, width 32 and mirroring make `--epochs 8` a few minutes on a laptop CPU. Any flag
-given wins. On the CPU an iteration runs as one static program with oneDNN convolutions, recorded
+small data (the 100 built-in LFW faces, or a dataset of up to 6,400 images: your own photos), where
+a global batch of 64 (split among processes; all the images if fewer), 6,400 images per epoch,
+width 32, mirroring and the architecture's measured small-data recipe make `--epochs 8` a few
+minutes on a laptop CPU. Any flag given wins. On the CPU an iteration runs as one static program with oneDNN convolutions, recorded
 from the method's own iteration (faststep.py; every architecture but mlp, which gains too little;
 --step dygraph for Paddle's eager mode).
 
@@ -111,7 +112,7 @@ class TrainConfig:
                         "blocks; which sizes an architecture takes is its registry entry's)", at_least(1),
                         trajectory=True)
     epochs: int = setting(8, "passes of --epoch-images images (the tutorial trains 8)", at_least(1))
-    batch_size: int = setting(None, "images per batch and process; on the built-in faces the default is a global "
+    batch_size: int = setting(None, "images per batch and process; on small data the default is a global "
                               "batch, split among processes", at_least(1), applies=("bce", "vae", "vaegan"),
                               trajectory=True)
     epoch_images: int = setting(None, "images per epoch", at_least(1), trajectory=True)
@@ -186,9 +187,14 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
-# Where the dataset is the 100 embedded faces: small enough to train in minutes on a CPU. The
-# batch is global there: each of N processes takes 1/N of it, so any N works on 100 images.
-EMBEDDED_DEFAULTS = dict(batch_size=64, epoch_images=6400, width=32, flip=True)
+# Where the dataset is small (the 100 built-in faces, or a folder of your own photos of up to SMALL_DATA images):
+# batch 64, 6,400 images an epoch, width 32, mirroring and the architecture's measured small-data recipe, which
+# train such data in minutes on a CPU. The batch is global there: each of N processes takes 1/N of it.
+SMALL_DEFAULTS = dict(batch_size=64, epoch_images=6400, width=32, flip=True)
+# Up to this many images the small-data defaults apply. At or below it one pass over the data is at most a small-data
+# epoch (6,400 images), so the tutorial's epoch of one pass would be shorter than that, and its batch of 128 leaves
+# a few dozen updates a pass; and it is where ADA's paper found augmentation decisive (FFHQ subsets of 1k-10k images).
+SMALL_DATA = SMALL_DEFAULTS["epoch_images"]
 SINCE = dict(augment="none", lecam=0.0, ema=False)   # settings added later: what checkpoints before them trained with
 TUTORIAL_DEFAULTS = dict(batch_size=128, epoch_images=None, width=64, flip=False)   # None: the dataset once
 
@@ -212,19 +218,26 @@ def check_settings(cfg, explicit):
                           + (f": only to --arch {' and '.join(users)}" if users else ""))
 
 
+def small_data(manifest):
+    """Whether a dataset (its manifest) takes the small-data defaults: the built-in faces, or up to SMALL_DATA images."""
+    return bool(manifest.get("embedded")) or manifest["count"] <= SMALL_DATA
+
+
 def resolve_defaults(cfg, manifest, world):
     """`cfg` with its None settings filled for this dataset, architecture and number of processes."""
     arch = network.architecture(cfg.arch)
-    embedded = bool(manifest.get("embedded"))
-    table = EMBEDDED_DEFAULTS if embedded else TUTORIAL_DEFAULTS
+    small = small_data(manifest)
+    table = SMALL_DEFAULTS if small else TUTORIAL_DEFAULTS
     filled = {k: v for k, v in table.items() if getattr(cfg, k) is None and applies(k, arch)}
     if filled.get("epoch_images", 0) is None:
         filled["epoch_images"] = manifest["count"]
     method = METHODS[arch.method]
-    more = {**method.defaults(replace(cfg, **filled), embedded), **arch.defaults,   # the architecture's own win,
-            **(arch.builtin if embedded else {})}                                   # its measured recipe most
+    more = {**method.defaults(replace(cfg, **filled), small), **arch.defaults,   # the architecture's own win,
+            **(arch.builtin if small else {})}                                   # its measured small-data recipe most
     filled.update({k: v for k, v in more.items() if getattr(cfg, k) is None})
-    if embedded and world > 1:
+    if small and "batch_size" in filled:   # a default batch of a folder of fewer photos: all of them
+        filled["batch_size"] = min(filled["batch_size"], manifest["count"])
+    if small and world > 1:
         filled = method.share_batches(filled, world)
     return replace(cfg, **filled)
 
@@ -238,7 +251,7 @@ def help_text(f):
 
     parts = [] if f.default is None else [shown(f.default)]
     if f.name in TUTORIAL_DEFAULTS:
-        parts.append(f"{shown(TUTORIAL_DEFAULTS[f.name])}; {shown(EMBEDDED_DEFAULTS[f.name])} on the built-in faces")
+        parts.append(f"{shown(TUTORIAL_DEFAULTS[f.name])}; {shown(SMALL_DEFAULTS[f.name])} on small data")
     by_text = {}
     for name, arch in network.ARCHITECTURES.items():
         text = None
@@ -252,7 +265,7 @@ def help_text(f):
         parts.append(next(iter(by_text)))
     else:
         parts += [f"{text} for {', '.join(names)}" for text, names in by_text.items()]
-    parts += [f"{shown(arch.builtin[f.name])} for {name} on the built-in faces"
+    parts += [f"{shown(arch.builtin[f.name])} for {name} on small data"
               for name, arch in network.ARCHITECTURES.items() if f.name in arch.builtin]
     scope = "" if len(users) == len(network.ARCHITECTURES) else f"{', '.join(users)}: "
     return scope + f.metadata["help"] + (f" (default: {'; '.join(parts)})" if parts else "")

@@ -79,7 +79,8 @@ def run_config(cfg):
     given = {k: v for k, v in given.items() if v is not None}
     run = train.TrainConfig(arch=cfg.arch, size=size, step=cfg.step, **given)
     train.check_settings(run, None)   # what the architecture lacks is refused, as train.py refuses it
-    run = train.resolve_defaults(run, {"embedded": cfg.arch not in REFERENCE_SIZES, "count": 100}, 1)
+    small = cfg.arch not in REFERENCE_SIZES   # the built-in faces' defaults, or the tutorial's (CelebA's)
+    run = train.resolve_defaults(run, {"embedded": small, "count": 100 if small else 202_599}, 1)
     return run, replace(cfg, size=size, width=run.width if train.applies("width", arch) else None,
                         g_steps=run.g_steps if train.applies("g_steps", arch) else None)
 

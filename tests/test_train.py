@@ -13,7 +13,7 @@ import methods
 import network
 import train
 from balance import Tricks
-from conftest import assert_user_error, run_script
+from conftest import assert_user_error, build_dataset, celeba_like, run_script, write_jpegs
 
 
 def tiny(data, out, **over):
@@ -24,18 +24,43 @@ def tiny(data, out, **over):
     return train.TrainConfig(**options)
 
 
-@pytest.mark.parametrize("embedded, given, expected", [
-    (True, {}, dict(batch_size=64, epoch_images=12800, width=32, flip=True, augment="ada", ema=True, lecam=0.1)),
-    (False, {}, dict(batch_size=128, epoch_images=500, width=64, flip=False, augment="none", ema=False, lecam=0.0)),
-    (True, dict(batch_size=8, flip=False, augment="none", lecam=0.0),
+SMALL = dict(batch_size=64, epoch_images=12800, width=32, flip=True, augment="ada", ema=True, lecam=0.1)
+BUILT_IN, CELEBA = {"embedded": True, "count": 100}, {"count": 202_599}
+
+
+@pytest.mark.parametrize("manifest, given, expected", [
+    (BUILT_IN, {}, SMALL),
+    ({"count": 90}, {}, SMALL),                                      # your own 90 photos: as the built-in 100
+    ({"count": 40}, {}, dict(SMALL, batch_size=40)),                 # fewer than a batch: all of them
+    ({"count": train.SMALL_DATA}, {}, SMALL),
+    ({"count": train.SMALL_DATA + 1}, {}, dict(batch_size=128, epoch_images=train.SMALL_DATA + 1, width=64,
+                                               flip=False, augment="none", ema=False, lecam=0.0)),
+    (CELEBA, {}, dict(batch_size=128, epoch_images=202_599, width=64, flip=False, augment="none", ema=False,
+                      lecam=0.0)),
+    (BUILT_IN, dict(batch_size=8, flip=False, augment="none", lecam=0.0),
      dict(batch_size=8, epoch_images=12800, width=32, flip=False, augment="none", ema=True, lecam=0.0)),
-    (True, dict(arch="torchblog"), dict(epoch_images=6400, augment="none", ema=False, lecam=0.0)),  # dcgan has one
-    (False, dict(epoch_images=1000, width=16), dict(batch_size=128, epoch_images=1000, width=16, flip=False)),
+    ({"count": 40}, dict(batch_size=80), dict(batch_size=80)),      # given: as given (train refuses it)
+    (BUILT_IN, dict(arch="torchblog"), dict(epoch_images=6400, augment="none", ema=False, lecam=0.0)),  # dcgan's
+    (CELEBA, dict(epoch_images=1000, width=16), dict(batch_size=128, epoch_images=1000, width=16, flip=False)),
 ])
-def test_defaults_depend_on_the_dataset(embedded, given, expected):
-    cfg = train.resolve_defaults(train.TrainConfig(**given), {"embedded": embedded, "count": 500}, 1)
+def test_defaults_depend_on_the_datasets_size(manifest, given, expected):
+    cfg = train.resolve_defaults(train.TrainConfig(**given), manifest, 1)
     assert {k: getattr(cfg, k) for k in expected} == expected
     assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.z_dim, cfg.d_steps, cfg.g_steps) == (2e-4, 0.5, 0.999, 100, 1, 2)
+
+
+def test_a_folder_of_90_photos_trains_with_the_small_data_defaults(tmp_path):
+    """A new user's own 90 photos: pretreat.py --crop center, then train.py with no size or recipe flag (a
+    shorter epoch here) trains with what the built-in faces get, where the tutorial's batch of 128 was refused."""
+    write_jpegs(str(tmp_path / "faces"), celeba_like(90))
+    manifest = build_dataset(tmp_path / "mine", src=str(tmp_path / "faces"), crop="center", size=8)
+    assert manifest["count"] == 90 and not manifest.get("embedded")
+    cfg = train.TrainConfig(data=str(tmp_path / "mine"), out=str(tmp_path / "run"), epochs=1, epoch_images=128,
+                            device="cpu")
+    state = checkpoint.load(train.train(cfg))
+    assert {k: state["config"][k] for k in SMALL if k != "epoch_images"} == \
+        {k: v for k, v in SMALL.items() if k != "epoch_images"}
+    assert state["iteration"] == 2 and "G_ema" in state
 
 
 def weights(net):
