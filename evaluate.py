@@ -14,6 +14,7 @@ Examples:
     python evaluate.py --checkpoint runs/celeba/checkpoint.pdparams --data data/celeba64 --num 2000
     python evaluate.py --num 50 --out metrics.json --seed 1
     python evaluate.py --nearest 32                            # and nearest.png beside the checkpoint
+    python evaluate.py --truncation 0.7 --out truncated.json   # faces drawn as generator.py --truncation 0.7
 """
 import os
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 import runtime  # before Paddle: thread and MKL settings; the --device option
 from checkpoint import CheckpointError
 from facedata import DatasetError, FaceDataset, grid_scale, make_grid, write_json, write_png
-from generator import generate, load_generator, untrained_like
+from generator import check_truncation, generate, load_generator, truncation_problem, untrained_like
 from metrics import diversity, memorization, nearest_faces, swd
 from options import at_least, build_parser, option, parse, refusing
 
@@ -39,6 +40,8 @@ class EvalConfig:
     device: str = option("auto", runtime.DEVICE_HELP, choices=runtime.DEVICES)
     nearest: int = option(0, "also write nearest.png beside --out: this many of the generated faces, each above "
                           "its nearest training face (mirrors included); 0: none", at_least(0))
+    truncation: float = option(1.0, "score faces drawn with generator.py --truncation PSI (the trained and the "
+                               "untrained G's alike)", truncation_problem)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -46,6 +49,7 @@ class EvalConfig:
 def evaluate(cfg):
     """Metrics of the checkpoint's generator, of the same network untrained, and of the real data."""
     G, state = load_generator(cfg.checkpoint)
+    check_truncation(cfg.truncation, state["arch"])
     size = G.args["size"]
     dataset = FaceDataset(cfg.data, size=size)
     n = min(cfg.num, len(dataset) // 2)
@@ -56,7 +60,8 @@ def evaluate(cfg):
     real_b = dataset.get_uint8(np.sort(order[n:2 * n]))
 
     untrained = untrained_like(G, state, cfg.seed)
-    fakes = {"trained": generate(G, n, cfg.seed), "untrained": generate(untrained, n, cfg.seed)}
+    psi = cfg.truncation
+    fakes = {"trained": generate(G, n, cfg.seed, psi=psi), "untrained": generate(untrained, n, cfg.seed, psi=psi)}
 
     rows = {}
     for name, images in [*fakes.items(), ("real (floor)", real_b)]:
@@ -65,7 +70,7 @@ def evaluate(cfg):
     for name, images in fakes.items():
         rows[name]["memorization"] = memorization(images, dataset.images, seed=cfg.seed)
     if cfg.nearest:
-        write_nearest(nearest_path(cfg), generate(G, cfg.nearest, cfg.seed), dataset.images)
+        write_nearest(nearest_path(cfg), generate(G, cfg.nearest, cfg.seed, psi=psi), dataset.images)
     return {"checkpoint": os.path.abspath(cfg.checkpoint), "epoch": state.get("epoch"),
             "iteration": state.get("iteration"), "data": os.path.abspath(cfg.data), "size": size,
             "images_per_set": n, "results": rows, "config": asdict(cfg)}
@@ -113,7 +118,8 @@ def main(argv=None):
         metrics = evaluate(cfg)
     out = out_path(cfg)
     write_json(out, metrics)
-    print(f"{metrics['size']}x{metrics['size']}, {metrics['images_per_set']} images per set, "
+    truncated = f", truncation {cfg.truncation:g}" if cfg.truncation != 1 else ""
+    print(f"{metrics['size']}x{metrics['size']}, {metrics['images_per_set']} images per set{truncated}, "
           f"checkpoint at epoch {metrics['epoch']} (SWD x 1e3: lower is closer to the data; "
           f"MS-SSIM: lower is more varied; copies: nearer a training face than half the typical gap)")
     print(table(metrics))

@@ -17,9 +17,12 @@ Examples:
     python generator.py --seeds 1,5,9                    # exactly these seeds' faces: seed0001.png ...
     python generator.py --walk 8 --seed 3                # walk.gif: a loop through 8 latent points
     python generator.py --walk-ones                      # walk_ones.gif: a block of 1s slid along z
+    python generator.py --truncation 0.7 --seed 0        # the same faces, nearer the average face
+    python generator.py --morph Generate/seed0001.npy Generate/seed0005.npy   # morph.gif: from face to face and back
     python generator.py --checkpoint runs/vae/checkpoint.pdparams --reconstruct 16  # beside their reconstructions
 """
 import contextlib
+import io
 import json
 import os
 import re
@@ -33,14 +36,18 @@ import paddle
 import checkpoint
 import network
 from checkpoint import READABLE, CheckpointError
-from facedata import (DatasetError, FaceDataset, enlarge, grid_scale, make_grid, to_float, to_uint8, write_gif,
-                      write_json, write_png)
+from facedata import (DatasetError, FaceDataset, enlarge, grid_scale, make_grid, to_float, to_uint8, write_atomic,
+                      write_gif, write_json, write_png)
 from logs import progress
 from network import sample
 from options import at_least, build_parser, option, parse, refusing
 
 GRID_MAX = 100    # faces shown in grid.png
 BATCH = 256       # faces generated per forward pass
+
+
+def truncation_problem(psi):
+    return None if 0 < psi <= 1 else f"must be above 0 and at most 1, got {psi:g}"
 
 
 def seeds_problem(text):
@@ -66,16 +73,23 @@ class GenerateConfig:
                          "inference on the CPU where the architecture allows it, falling back to dygraph with a "
                          "message", choices=("auto", "inference", "dygraph"))
     export: str = option(None, "also write the deployable model (paddle.jit.save) to this path prefix")
-    seeds: str = option(None, "write exactly these seeds' faces, one per seed (seedSSSS.png), as 1,5,9 or 0-99; "
-                        "a face depends on its seed alone", seeds_problem)
+    seeds: str = option(None, "write exactly these seeds' faces, one per seed (seedSSSS.png, and its z as "
+                        "seedSSSS.npy, for --morph), as 1,5,9 or 0-99; a face depends on its seed alone",
+                        seeds_problem)
     walk: int = option(None, "write walk.gif and its frames (walk/): a looping walk through this many random latent "
                        "points (from --seed), by spherical interpolation, back to the first", at_least(2))
+    morph: list = option(None, "write morph.gif and its frames (morph/): a looping walk through these latents "
+                         "(.npy files of one z each, as --seeds writes), by --walk's interpolation, back to the "
+                         "first", metavar="LATENT.npy")
     walk_ones: bool = option(False, "write walk_ones.gif and its frames (walk_ones/): the \"Make Your Own GAN\" "
                              f"series' animation, z all 0 but a block of {ONES_BLOCK} consecutive 1s, slid along z in "
                              f"steps of {ONES_STEP}")
     reconstruct: int = option(None, "architectures with an encoder (vae, vaegan): write reconstruct.png, this many "
                               "real faces of --data (drawn with --seed) each beside its reconstruction", at_least(1))
     data: str = option("data", "dataset folder written by pretreat.py, for --reconstruct")
+    truncation: float = option(1.0, "faces nearer the average face, less varied and cleaner: every z scaled by this "
+                               "PSI (0 < PSI <= 1; 1: as trained), for --num, --seeds and the walks; not pggan "
+                               "(its G normalises z)", truncation_problem)
 
 
 EXPORT_DIR = "generator_export"   # beside the checkpoint
@@ -133,11 +147,18 @@ def untrained_like(G, state, seed):
     return untrained
 
 
-def draw(G, z, forward=None):
-    """uint8 N x H x W x 3 faces for the float32 noise rows `z`; each face depends on its own row alone.
+def truncate(z, psi):
+    """The truncation trick for z ~ N(0, I) fed to G as it is: z scaled by `psi` towards the average latent, 0 (psi 1:
+    z itself). Faces nearer the average face, less varied; a G that normalises z has another place for it or none
+    (network.Architecture.truncation_problem)."""
+    return z if psi == 1 else (z * np.float32(psi)).astype(np.float32)
 
-    `forward` maps float32 noise to uint8 faces; by default G in eager mode.
+
+def draw(G, z, forward=None, psi=1.0):
+    """uint8 N x H x W x 3 faces for the float32 noise rows `z` (truncated by `psi`); each face depends on its own
+    row alone. `forward` maps float32 noise to uint8 faces; by default G in eager mode.
     """
+    z = truncate(z, psi)
     forward = forward or (lambda batch: sample(G, batch))
     faces = np.concatenate([forward(z[i:i + BATCH])
                             for i in progress(range(0, len(z), BATCH), desc="generate", unit="batch",
@@ -145,9 +166,10 @@ def draw(G, z, forward=None):
     return enlarge(faces, G.args["size"])  # a G drawing below its final size (an early stage): shown upsampled
 
 
-def generate(G, num, seed, forward=None):
-    """`num` faces as uint8 N x H x W x 3, a pure function of (G, num, seed)."""
-    return draw(G, np.random.default_rng(seed).standard_normal((num, G.args["z_dim"])).astype(np.float32), forward)
+def generate(G, num, seed, forward=None, psi=1.0):
+    """`num` faces as uint8 N x H x W x 3, a pure function of (G, num, seed, psi)."""
+    z = np.random.default_rng(seed).standard_normal((num, G.args["z_dim"])).astype(np.float32)
+    return draw(G, z, forward, psi)
 
 
 # ----------------------------------------------------------------------------- seeds and walks
@@ -175,6 +197,29 @@ def slerp(a, b, t):
     if np.sin(omega) < 1e-6:
         return (1 - t) * a + t * b
     return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+
+
+def write_latent(path, z):
+    """One z as an .npy file (atomically), as --morph reads it."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(z, np.float32))
+    write_atomic(path, buffer.getvalue())
+
+
+def read_latents(paths, z_dim):
+    """The latents of .npy files, one z of `z_dim` numbers each (as --seeds writes them), as rows; ConfigError for
+    a file that is missing or holds another shape."""
+    rows = []
+    for path in paths:
+        try:
+            z = np.load(path)
+        except (OSError, ValueError) as e:
+            raise runtime.ConfigError(f"cannot read latent {path} ({e}): give .npy files as --seeds writes")
+        if z.size != z_dim or not np.issubdtype(z.dtype, np.floating):
+            raise runtime.ConfigError(f"{path} holds {z.size} {z.dtype} numbers, not the {z_dim} floats of one z "
+                                      "this generator takes: write them with this checkpoint (--seeds)")
+        rows.append(z.reshape(z_dim))
+    return np.stack(rows).astype(np.float32)
 
 
 def walk_noise(points, frames):
@@ -313,17 +358,9 @@ def fast_generator(G, checkpoint, profile=False):
     return InferenceGenerator(*files(stamp["model"]), bf16=stamp["bf16"], profile=profile)
 
 
-def main(argv=None):
-    parser = build_parser(GenerateConfig, __doc__)
-    cfg = parse(GenerateConfig, parser, argv)
-    if sum(v is not None for v in (cfg.walk, cfg.seeds, cfg.reconstruct)) + cfg.walk_ones > 1:
-        parser.error("--walk, --walk-ones, --seeds and --reconstruct write different things: give one of them")
-    with refusing(parser, CheckpointError, runtime.ConfigError, DatasetError):
-        device = runtime.select_device(cfg.device)
-        G, state = load_generator(cfg.checkpoint)
-        if cfg.reconstruct:
-            E = load_encoder(cfg.checkpoint, state)
-            dataset = FaceDataset(cfg.data, size=G.args["size"])
+def choose_engine(cfg, G, state, device, parser):
+    """(forward, engine's name) for draw: Paddle Inference on the CPU where --engine and the architecture allow it
+    (forward None: eager mode). A user's impossible choice exits with one line; a known fallback says so in one."""
     inference = network.architecture(state["arch"]).inference
     if cfg.engine == "inference" and device != "cpu":
         parser.exit(2, f"{parser.prog}: error: --engine inference runs on the CPU; add --device cpu\n")
@@ -345,6 +382,25 @@ def main(argv=None):
                 parser.exit(2, f"{parser.prog}: error: cannot export the generator for Paddle Inference "
                                f"({one_line(e)})\n")
             print(f"Paddle Inference unavailable ({one_line(e)}); generating in eager mode", file=sys.stderr)
+    return forward, engine
+
+
+def main(argv=None):
+    parser = build_parser(GenerateConfig, __doc__)
+    cfg = parse(GenerateConfig, parser, argv)
+    if sum(v is not None for v in (cfg.walk, cfg.morph, cfg.seeds, cfg.reconstruct)) + cfg.walk_ones > 1:
+        parser.error("--walk, --morph, --walk-ones, --seeds and --reconstruct write different things: give one of them")
+    if cfg.morph is not None and len(cfg.morph) < 2:
+        parser.error("--morph needs at least 2 latent files, to go from one to the other")
+    with refusing(parser, CheckpointError, runtime.ConfigError, DatasetError):
+        device = runtime.select_device(cfg.device)
+        G, state = load_generator(cfg.checkpoint)
+        check_truncation(cfg.truncation, state["arch"], cfg.reconstruct)
+        latents = read_latents(cfg.morph, G.args["z_dim"]) if cfg.morph else None
+        if cfg.reconstruct:
+            E = load_encoder(cfg.checkpoint, state)
+            dataset = FaceDataset(cfg.data, size=G.args["size"])
+    forward, engine = choose_engine(cfg, G, state, device, parser)
     if cfg.export:
         print(f"exported the generator to {export(G, cfg.export)}", file=sys.stderr)
     seed = cfg.seed if cfg.seed is not None else int(np.random.SeedSequence().entropy % 2**31)
@@ -356,23 +412,33 @@ def main(argv=None):
               f"reconstruction ({where}); mean error {error:.1f} grey levels, {own:.0%} nearer their own face than "
               f"any other of the {count}", file=sys.stderr)
         return
+    psi = cfg.truncation
+    where += f", truncation {psi:g}" if psi != 1 else ""
     if cfg.walk:
-        write_walk(G, cfg.walk, seed, forward, cfg.out)
+        write_walk(G, cfg.walk, seed, forward, cfg.out, psi)
         print(f"wrote walk.gif ({cfg.walk} points, {cfg.walk * WALK_FRAMES} frames) and its frames in walk/ to "
               f"{cfg.out} ({where}, seed {seed}: --seed {seed} writes the same walk again)", file=sys.stderr)
         return
+    if cfg.morph:
+        count = write_frames(draw(G, walk_noise(latents, WALK_FRAMES), forward, psi), cfg.out, "morph")
+        print(f"wrote morph.gif ({len(latents)} latents, {count} frames) and its frames in morph/ to {cfg.out} "
+              f"({where})", file=sys.stderr)
+        return
     if cfg.walk_ones:
-        count = write_frames(draw(G, ones_noise(G.args["z_dim"]), forward), cfg.out, "walk_ones")
+        count = write_frames(draw(G, ones_noise(G.args["z_dim"]), forward, psi), cfg.out, "walk_ones")
         print(f"wrote walk_ones.gif ({count} frames) and its frames in walk_ones/ to {cfg.out} ({where})",
               file=sys.stderr)
         return
     if cfg.seeds:
         seeds = parse_seeds(cfg.seeds)
-        faces = draw(G, seed_noise(seeds, G.args["z_dim"]), forward)
+        z = seed_noise(seeds, G.args["z_dim"])
+        faces = draw(G, z, forward, psi)
         names = [f"seed{s:04d}.png" for s in seeds]
+        for name, row in zip(names, truncate(z, psi)):   # the z each face was drawn from
+            write_latent(os.path.join(cfg.out, name.replace(".png", ".npy")), row)
         told = f"seeds {cfg.seeds}"
     else:
-        faces = generate(G, cfg.num, seed, forward)
+        faces = generate(G, cfg.num, seed, forward, psi)
         names = [f"{i:0{max(4, len(str(cfg.num - 1)))}d}.png" for i in range(cfg.num)]
         told = f"seed {seed}: --seed {seed} writes the same faces again"
     for name, face in zip(names, faces):
@@ -380,6 +446,19 @@ def main(argv=None):
     write_png(os.path.join(cfg.out, "grid.png"), make_grid(faces[:GRID_MAX]), scale=grid_scale(faces.shape[1]))
     print(f"wrote {len(faces)} faces of {faces.shape[1]}x{faces.shape[2]} and grid.png to {cfg.out} ({where}, {told})",
           file=sys.stderr)
+
+
+def check_truncation(psi, arch, reconstruct=None):
+    """ConfigError where --truncation `psi` (not 1) cannot apply: an architecture whose G it does not change, or
+    --reconstruct, whose faces come from the encoder's z."""
+    if psi == 1:
+        return
+    problem = network.architecture(arch).truncation_problem
+    if problem:
+        raise runtime.ConfigError(f"--truncation does not apply to --arch {arch}: {problem}; leave it at 1")
+    if reconstruct:
+        raise runtime.ConfigError("--truncation does not apply to --reconstruct, whose faces come from the encoder's "
+                                  "z; leave it at 1")
 
 
 def write_reconstructions(E, G, dataset, count, seed, folder):
@@ -400,10 +479,10 @@ def write_reconstructions(E, G, dataset, count, seed, folder):
     return len(real), float(np.diag(distance).mean()), float((distance.argmin(axis=1) == np.arange(len(real))).mean())
 
 
-def write_walk(G, points, seed, forward, folder):
+def write_walk(G, points, seed, forward, folder, psi=1.0):
     """walk.gif and walk/0000.png ...: a closed loop through `points` random latent points of `seed`."""
     anchors = np.random.default_rng(seed).standard_normal((points, G.args["z_dim"]))
-    write_frames(draw(G, walk_noise(anchors, WALK_FRAMES), forward), folder, "walk")
+    write_frames(draw(G, walk_noise(anchors, WALK_FRAMES), forward, psi), folder, "walk")
 
 
 def write_frames(frames, folder, name, ms=WALK_MS):

@@ -820,6 +820,8 @@ class Architecture:
     defaults: dict = field(default_factory=dict)   # its own values for settings its method would choose
     builtin: dict = field(default_factory=dict)    # its small-data recipe (train.small_data), measured on the
     #                                                built-in faces
+    # Why truncation (z scaled towards the average, 0) cannot work on its G, or None where it can
+    truncation_problem: str = None
 
 
 ARCHITECTURES = {
@@ -832,6 +834,8 @@ ARCHITECTURES = {
                               "bce", static_step=True, inference=True),
     "pggan": Architecture({"G": PGGANGenerator, "D": PGGANDiscriminator}, ("size", "z_dim", "fmap_base", "fmap_max"),
                           "progressive", static_step=True, inference=True,
+                          truncation_problem="its G normalises z to unit length first (pixel norm), so a scaled z "
+                                             "draws the same face",
                           size_problem=lambda size: power_of_two_size(size, smallest=4)),
     # the Torch blog's "going further": a VAE whose decoder is the DCGAN generator
     "vae": Architecture({"E": ConvEncoder, "G": DCGANGenerator}, ("size", "z_dim", "width"), "vae", static_step=True,

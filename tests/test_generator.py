@@ -120,8 +120,10 @@ def test_paddle_inference_draws_what_eager_mode_draws_for_every_architecture(arc
 def test_seeds_give_the_faces_a_larger_run_gives_for_them(checkpoint, tmp_path):
     generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path / "few"), "--seeds", "3,7"])
     generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path / "many"), "--seeds", "0-9,12"])
-    assert sorted(os.listdir(tmp_path / "few")) == ["grid.png", "seed0003.png", "seed0007.png"]
-    assert len(os.listdir(tmp_path / "many")) == 12
+    assert sorted(os.listdir(tmp_path / "few")) == ["grid.png", "seed0003.npy", "seed0003.png", "seed0007.npy",
+                                                    "seed0007.png"]
+    assert len(os.listdir(tmp_path / "many")) == 23
+    np.testing.assert_array_equal(np.load(tmp_path / "few" / "seed0007.npy"), generator.seed_noise([7], 100)[0])
     for name in ("seed0003.png", "seed0007.png"):
         assert (tmp_path / "few" / name).read_bytes() == (tmp_path / "many" / name).read_bytes()
     assert (tmp_path / "few" / "seed0003.png").read_bytes() != (tmp_path / "few" / "seed0007.png").read_bytes()
@@ -159,11 +161,61 @@ def test_walk_ones_slides_a_block_of_ones_along_z(checkpoint, tmp_path):
         assert not np.array_equal(first, np.array(gif.convert("RGB")))   # the faces change as the block moves
 
 
+def test_truncation_one_draws_todays_faces_and_less_draws_faces_nearer_the_average(checkpoint, tmp_path):
+    for name, psi in (("plain", None), ("one", "1"), ("half", "0.5")):
+        generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path / name), "--num", "40", "--seed", "3",
+                        "--engine", "dygraph"] + (["--truncation", psi] if psi else []))
+    read = lambda name: [open(tmp_path / name / f"{i:04d}.png", "rb").read() for i in range(40)]  # noqa: E731
+    assert read("one") == read("plain")   # PSI 1: exactly today's faces, file for file
+    G, _ = generator.load_generator(checkpoint)
+    faces = {psi: generator.generate(G, 40, seed=3, psi=psi).astype(np.float32) for psi in (1.0, 0.5, 0.0001)}
+    spread = {psi: float(f.std(axis=0).mean()) for psi, f in faces.items()}
+    assert spread[0.0001] < spread[0.5] < spread[1.0]   # less varied, down to one face: G(0), the average's
+    assert float(np.abs(faces[0.0001] - faces[0.0001][0]).max()) <= 1
+    np.testing.assert_array_equal(generator.truncate(np.ones((2, 3), np.float32), 1.0), np.ones((2, 3)))
+
+
+def test_a_morph_loops_through_latent_files_and_back(checkpoint, tmp_path):
+    from PIL import Image
+    z = np.random.default_rng(4).standard_normal((3, 100)).astype(np.float32)
+    paths = []
+    for i, row in enumerate(z):
+        paths.append(str(tmp_path / f"{i}.npy"))
+        np.save(paths[-1], row if i else row[None])   # one z, flat or as a row
+    generator.main(["--checkpoint", checkpoint, "--out", str(tmp_path / "out"), "--morph", *paths[:2],
+                    "--engine", "dygraph"])
+    frames = 2 * generator.WALK_FRAMES
+    assert len(os.listdir(tmp_path / "out" / "morph")) == frames
+    with Image.open(tmp_path / "out" / "morph.gif") as gif:
+        assert gif.n_frames == frames and gif.info["loop"] == 0
+    G, _ = generator.load_generator(checkpoint)
+    for frame, row in ((0, z[0]), (generator.WALK_FRAMES, z[1])):   # it passes through each latent's own face
+        face = cv2.imread(str(tmp_path / "out" / "morph" / f"{frame:04d}.png"))[..., ::-1]
+        np.testing.assert_array_equal(face, generator.draw(G, row[None])[0])
+    np.save(tmp_path / "short.npy", z[0, :10])
+    for argv, phrase in ((["--morph", paths[0]], "--morph needs at least 2 latent files"),
+                         (["--morph", paths[0], str(tmp_path / "short.npy")], "holds 10 float32 numbers, not the 100"),
+                         (["--morph", paths[0], str(tmp_path / "none.npy")], "cannot read latent"),
+                         (["--morph", *paths[:2], "--walk", "2"], "write different things")):
+        assert_user_error(run_script("generator.py", "--checkpoint", checkpoint, *argv, cwd=tmp_path), phrase)
+
+
+def test_truncation_is_refused_where_it_changes_nothing_or_has_no_meaning():
+    generator.check_truncation(1.0, "pggan", reconstruct=16)   # PSI 1 is no truncation: nothing to refuse
+    generator.check_truncation(0.7, "dcgan")
+    with pytest.raises(train.ConfigError, match="--arch pggan: its G normalises z to unit length first"):
+        generator.check_truncation(0.7, "pggan")
+    with pytest.raises(train.ConfigError, match="--reconstruct, whose faces come from the encoder's z"):
+        generator.check_truncation(0.7, "vae", reconstruct=16)
+
+
 @pytest.mark.parametrize("args, phrase", [
+    (["--truncation", "0"], "--truncation must be above 0 and at most 1, got 0"),
+    (["--truncation", "1.5"], "--truncation must be above 0 and at most 1, got 1.5"),
     (["--walk", "1"], "--walk must be at least 2, got 1"),
     (["--seeds", "5-2"], "--seeds 5-2: '5-2' is not a seed or a range"),
-    (["--walk", "3", "--seeds", "1"], "--walk, --walk-ones, --seeds and --reconstruct write different things"),
-    (["--walk-ones", "--walk", "2"], "--walk, --walk-ones, --seeds and --reconstruct write different things"),
+    (["--walk", "3", "--seeds", "1"], "--walk, --morph, --walk-ones, --seeds and --reconstruct write different"),
+    (["--walk-ones", "--walk", "2"], "--walk, --morph, --walk-ones, --seeds and --reconstruct write different"),
     (["--reconstruct", "0"], "--reconstruct must be at least 1"),
 ])
 def test_bad_walks_and_seeds(args, phrase, tmp_path):
