@@ -356,6 +356,12 @@ class Method:
             checkpoint.set_optimizer_state(opt, self.nets[name], state["opt_" + name])
         self.load_state(state["method"])
 
+    def initialise(self, source):
+        """Start from the networks of another run's checkpoint `source` (--init-from), not its optimizers or method
+        state. G's moving average starts from the source's average where it has one, else from the source's G."""
+        for name, net in self.nets.items():
+            net.set_state_dict(source[name if name in source else "G"])   # G_ema: the source's G if it has none
+
     def parts(self):
         """{name: state} of every network and optimizer, for the checkpoint."""
         return {**{name: net.state_dict() for name, net in self.nets.items()},

@@ -22,6 +22,7 @@ Example:
 import runtime  # noqa: F401  (before Paddle: thread and MKL settings)
 import paddle
 
+import checkpoint
 import network
 from balance import make_optimizer
 from methods import Method, ema_beta, ema_update, frozen
@@ -166,6 +167,7 @@ class ProgressiveMethod(Method):
         self.average_G()
         self.new_optimizers()
         self.size, self.phase_images = size, max(1, round(cfg.phase_kimg * 1000))
+        self.start_phase = 0   # --init-from: the phase a run started at
 
     def new_optimizers(self):
         """Fresh Adam state, as the official code at the start of every phase."""
@@ -189,8 +191,16 @@ class ProgressiveMethod(Method):
         return max(sizes.values()), lambda shown: sizes[self.at(shown)[0]], "--batch-sizes"
 
     def at(self, images_seen):
-        """(resolution, alpha, phase) after `images_seen` images."""
-        return stage(images_seen, self.phase_images, self.size)
+        """(resolution, alpha, phase) after `images_seen` images (of a run that started at phase start_phase)."""
+        return stage(images_seen + self.start_phase * self.phase_images, self.phase_images, self.size)
+
+    def initialise(self, source):
+        """--init-from: the source's networks, and the schedule from the start of the phase at which the source
+        draws (its resolution, stabilised, or its fade)."""
+        super().initialise(source)
+        stage_ = checkpoint.sampler(source)[2] or {"res": self.size, "alpha": 1.0}
+        steps = stage_["res"].bit_length() - 3   # resolutions after 4x4
+        self.start_phase = max(0, 2 * steps - (stage_["alpha"] < 1.0))
 
     def start(self, pos, device):
         super().start(pos, device)
@@ -226,9 +236,11 @@ class ProgressiveMethod(Method):
         return dict(stats, res=res, alpha=round(alpha, 4)), checks
 
     def state(self, pos):
-        return {"stage": dict(zip(("res", "alpha", "phase"), self.at(pos.images_seen))), **self.regularity_state()}
+        return {"stage": dict(zip(("res", "alpha", "phase"), self.at(pos.images_seen))),
+                "start_phase": self.start_phase, **self.regularity_state()}
 
     def load_state(self, state):
+        self.start_phase = state.get("start_phase", 0)
         self.load_regularity(state)
 
     def stage(self, pos):

@@ -146,6 +146,10 @@ class TrainConfig:
                         "newest first", at_least(0))
     resume: str = setting("auto", "auto: continue the run in --out if it has a checkpoint; never: start over "
                           "(overwriting it); or the path of a checkpoint to continue from", resumable)
+    init_from: str = setting(None, "fine-tune: start this new run (its own --out, any --data) from the networks of "
+                             "another run's checkpoint, G's moving average too, with fresh optimizers and schedule; "
+                             "the architecture and network arguments are the checkpoint's (PG-GAN starts at its "
+                             "resolution)", trajectory=True)
     optimizer: str = setting(None, "adam: the tutorial's; rmsprop: the Torch blog's and the VAE/GAN code's (decay "
                              "0.9), for the blog's GANs warming up at lr/50 for 10 updates and lr/5 until 30",
                              choices=OPTIMIZERS, applies=("bce", "vaegan"), trajectory=True)
@@ -195,7 +199,8 @@ SMALL_DEFAULTS = dict(batch_size=64, epoch_images=6400, width=32, flip=True)
 # epoch (6,400 images), so the tutorial's epoch of one pass would be shorter than that, and its batch of 128 leaves
 # a few dozen updates a pass; and it is where ADA's paper found augmentation decisive (FFHQ subsets of 1k-10k images).
 SMALL_DATA = SMALL_DEFAULTS["epoch_images"]
-SINCE = dict(augment="none", lecam=0.0, ema=False)   # settings added later: what checkpoints before them trained with
+SINCE = dict(augment="none", lecam=0.0, ema=False, init_from=None)   # settings added later: what checkpoints
+#                                                                      before them trained with
 TUTORIAL_DEFAULTS = dict(batch_size=128, epoch_images=None, width=64, flip=False)   # None: the dataset once
 
 
@@ -279,6 +284,24 @@ def open_resume(cfg):
     if path is None or (cfg.resume == "auto" and not os.path.exists(path)):
         return None, None
     return path, checkpoint.load(path)
+
+
+def init_config(cfg, explicit):
+    """(`cfg` for a new run from the networks of checkpoint --init-from, that checkpoint): its architecture and
+    network arguments. ConfigError where one given on the command line (in `explicit`; None: those that are not
+    their defaults) conflicts with them."""
+    path = cfg.init_from
+    source = checkpoint.load(path)
+    arch, args = source["arch"], source["arch_args"]
+    if arch not in network.ARCHITECTURES:
+        raise ConfigError(f"--init-from {path} holds a {arch!r} network, which this version cannot build")
+    for name, value in {"arch": arch, **args}.items():
+        given = getattr(cfg, name)
+        said = name in explicit if explicit is not None else given not in (None, FIELDS[name].default)
+        if said and given != value:
+            raise ConfigError(f"--init-from {path} holds a {arch} network with {flag(name)} {value}, not {given}: "
+                              f"leave {flag(name)} out (a fine-tuned run keeps the network it starts from)")
+    return replace(cfg, arch=arch, **args), source
 
 
 def resume_config(cfg, state, explicit, path):
@@ -474,10 +497,17 @@ def train(cfg, explicit=None):
     """
     # --- settings: the checkpoint's when resuming, then those that apply, then the defaults
     procs = Processes()
-    dataset = FaceDataset(cfg.data, size=cfg.size)
     resumed_from, state = open_resume(cfg)
+    source = None   # with --init-from, the checkpoint whose networks a new run starts from
     if state is not None:
         cfg = resume_config(cfg, state, explicit, resumed_from)
+    elif cfg.init_from:
+        cfg, source = init_config(cfg, explicit)
+    dataset = FaceDataset(cfg.data, size=cfg.size)
+    if source is not None and dataset.size != cfg.size:
+        raise ConfigError(f"--init-from {cfg.init_from} holds {cfg.size}x{cfg.size} networks and {cfg.data} has "
+                          f"{dataset.size}x{dataset.size} images: make the data at {cfg.size} "
+                          f"(pretreat.py --size {cfg.size})")
     check_settings(cfg, explicit)
     cfg = replace(resolve_defaults(cfg, dataset.manifest, procs.world), size=dataset.size)
     device = runtime.select_device(cfg.device)
@@ -524,6 +554,8 @@ def train(cfg, explicit=None):
                   f"ask for more with --epochs N", file=sys.stderr)
             return resumed_from
         order = state["order"] if pos.batch else None  # the stopped epoch's order, to finish it
+    if source is not None:
+        method.initialise(source)
     method.start(pos, device)
     if state is not None:  # last: building networks and the static program draws random numbers
         checkpoint.set_rng_state(state["rng"])
@@ -535,7 +567,8 @@ def train(cfg, explicit=None):
 
 def announce(cfg, dataset, method, device, procs, pos, resumed_from):
     """The run's first line on stderr: what trains on what, where, and how big."""
-    what = f"resuming {resumed_from} at epoch {pos.epoch}, iteration {pos.iteration}" if resumed_from else "training"
+    what = f"resuming {resumed_from} at epoch {pos.epoch}, iteration {pos.iteration}" if resumed_from else \
+        f"fine-tuning the networks of {cfg.init_from}" if cfg.init_from else "training"
     sizes = ", ".join(f"{name} {network.count_parameters(method.nets[name]):,}" for name in sorted(method.order))
     print(f"{what}: {cfg.arch} {dataset.size}x{dataset.size} on {len(dataset)} images from "
           f"{dataset.manifest['source']} ({device}, {method.path} step"

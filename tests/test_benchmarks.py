@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+import checkpoint
 from conftest import run_script
 
 
@@ -93,6 +94,24 @@ def test_recipes_trains_evaluates_and_tables_each_recipe_once(lfw8, tmp_path):
     again = run_script("benchmarks/recipes.py", *args, cwd=tmp_path)   # done runs are not run again
     assert again.returncode == 0 and again.stdout == result.stdout
     assert (tmp_path / "runs" / "plain_s0" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_finetune_scores_both_runs_at_each_point_from_a_source_on_the_other_faces(tmp_path):
+    args = ["--runs", tmp_path / "runs", "--source-iterations", 2, "--at", "1,2", "--seeds", "0", "--size", 8]
+    result = run_script("benchmarks/finetune.py", *args, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    rows = [json.loads(line) for line in lines[:4]]
+    assert [(r["run"], r["iteration"]) for r in rows] == [("scratch", 1), ("scratch", 2), ("fine-tuned", 1),
+                                                          ("fine-tuned", 2)]
+    assert all(r["swd_x1e3"] > 0 for r in rows) and lines[4].startswith("| iteration |") and len(lines) == 8
+    runs = tmp_path / "runs"
+    assert json.load(open(runs / "last50" / "manifest.json"))["count"] == 50
+    state = checkpoint.load(str(runs / "fine-tuned_s0" / "checkpoint.pdparams"))
+    assert state["config"]["init_from"].endswith("source/checkpoint.pdparams") and state["iteration"] == 2
+    assert checkpoint.load(str(runs / "scratch_s0" / "checkpoint.pdparams"))["config"]["init_from"] is None
+    bad = run_script("benchmarks/finetune.py", "--at", "ten", cwd=tmp_path)
+    assert bad.returncode == 2 and "take numbers like 100,200,400" in bad.stderr.strip().splitlines()[-1]
 
 
 def test_recipes_refuses_a_recipe_without_a_name(tmp_path):
