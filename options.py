@@ -7,7 +7,8 @@
     cfg = parse(Config, parser, argv)      # bad values: one line on stderr and exit 2
 
 A field's type gives the argument's type; a bool is a flag (--x, or --x / --no-x when its
-default is None, meaning "decided later"); a list takes one or more values of its `item` type. Checks return what is wrong after the flag's name
+default is None, meaning "decided later"); a list takes one or more values of its `item` type (as
+the command's positional arguments with positional=True). Checks return what is wrong after the flag's name
 ("must be at least 1, got 0"), or None. No Paddle here: pretreat.py uses it too.
 """
 import argparse
@@ -37,6 +38,9 @@ def build_parser(config, doc, help_text=default_help, **kwargs):
         if f.type is bool:
             action = argparse.BooleanOptionalAction if f.default is None else "store_true"
             parser.add_argument(flag(f.name), action=action, default=f.default, help=help_text(f))
+        elif f.type is list and f.metadata.get("positional"):
+            parser.add_argument(f.name, nargs="+", type=f.metadata.get("item", str), help=f.metadata["help"],
+                                metavar=f.metadata.get("metavar"))
         elif f.type is list:
             parser.add_argument(flag(f.name), nargs="+", type=f.metadata.get("item", str), default=f.default,
                                 help=help_text(f), metavar=f.metadata.get("metavar"))

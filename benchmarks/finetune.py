@@ -35,13 +35,14 @@ def script(name, *args, log):
         subprocess.run([sys.executable, os.path.join(ROOT, name), *map(str, args)], check=True, stdout=f, stderr=f)
 
 
-def halves(runs, size):
-    """Datasets runs/first50 and runs/last50 (pretreat.py --crop center on folders of the built-in faces' PNGs)."""
+def split_faces(runs, size, parts):
+    """Datasets of the built-in faces in `runs`, one per (name, first, stop) of `parts`: faces[first:stop] written as a
+    folder of PNG photos and made a dataset as a user would (pretreat.py --src FOLDER --crop center)."""
     faces = pretreat.embedded_faces(size)
-    for name, part in (("first50", faces[:50]), ("last50", faces[50:])):
+    for name, first, stop in parts:
         photos = os.path.join(runs, name + "_photos")
         os.makedirs(photos, exist_ok=True)
-        for i, face in enumerate(part):
+        for i, face in enumerate(faces[first:stop], first):
             cv2.imwrite(os.path.join(photos, f"{i:03d}.png"), face[..., ::-1])
         script("pretreat.py", "--src", photos, "--crop", "center", "--size", size, "--out",
                os.path.join(runs, name), log=os.path.join(runs, name + ".txt"))
@@ -85,7 +86,7 @@ def main(argv=None):
         parser.error("--at and --source-iterations must be at least 1")
     os.makedirs(args.runs, exist_ok=True)
     if not os.path.exists(os.path.join(args.runs, "last50", "manifest.json")):
-        halves(args.runs, args.size)
+        split_faces(args.runs, args.size, [("first50", 0, 50), ("last50", 50, 100)])
     first, last = (os.path.join(args.runs, name) for name in ("first50", "last50"))
     every = math.gcd(*points)
     source = train(args.runs, "source", first, args.source_iterations, args.source_iterations, 0)

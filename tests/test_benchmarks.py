@@ -114,6 +114,19 @@ def test_finetune_scores_both_runs_at_each_point_from_a_source_on_the_other_face
     assert bad.returncode == 2 and "take numbers like 100,200,400" in bad.stderr.strip().splitlines()[-1]
 
 
+def test_projection_scores_held_out_and_training_faces_against_random_latents(tmp_path):
+    args = ["--runs", tmp_path / "runs", "--arch", "dcgan", "--steps", 3, "--random", 5,
+            "--train", "--epochs 1 --epoch-images 32 --width 8 --batch-size 16"]
+    result = run_script("benchmarks/projection.py", *args, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    rows = [json.loads(line) for line in lines[:2]]
+    assert [(r["arch"], r["faces"]) for r in rows] == [("dcgan", "held out"), ("dcgan", "training")]
+    assert all(0 < r["projected"]["median"] < 255 and r["beats_best_random"].endswith("/10") for r in rows)
+    assert lines[2].startswith("| arch |") and len(lines) == 6
+    assert json.load(open(tmp_path / "runs" / "held10" / "manifest.json"))["count"] == 10
+
+
 def test_recipes_refuses_a_recipe_without_a_name(tmp_path):
     result = run_script("benchmarks/recipes.py", "--recipe", "--augment ada", cwd=tmp_path)
     assert result.returncode == 2 and "NAME=FLAGS" in result.stderr.strip().splitlines()[-1]
