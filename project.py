@@ -68,23 +68,30 @@ def read_photo(path, size, crop):
     return image
 
 
+def pyramid_errors(faces, target):
+    """Per face of `faces`, its mean squared error to `target` at their size and at each halving (2x2 averages)
+    down to 8x8, summed over the scales."""
+    errors = ((faces - target) ** 2).mean(axis=[1, 2, 3])
+    while faces.shape[-1] > SMALLEST:
+        faces, target = F.avg_pool2d(faces, 2), F.avg_pool2d(target, 2)
+        errors = errors + ((faces - target) ** 2).mean(axis=[1, 2, 3])
+    return errors
+
+
 def pyramid_loss(face, target):
-    """Mean squared error of `face` and `target` at their size and at each halving (2x2 averages) down to 8x8."""
-    loss = ((face - target) ** 2).mean()
-    while face.shape[-1] > SMALLEST:
-        face, target = F.avg_pool2d(face, 2), F.avg_pool2d(target, 2)
-        loss = loss + ((face - target) ** 2).mean()
-    return loss
+    """The loss a projection lowers: pyramid_errors of one face."""
+    return pyramid_errors(face, target).sum()
 
 
 def start_latent(G, E, target, candidates, rng):
-    """z to start from: the encoder's mean for `target`, or the random latent of `candidates` nearest it."""
+    """z to start from: the encoder's mean for `target`, or the random latent of `candidates` nearest it (all drawn
+    in one batch: BatchNorm is in inference mode, so each face depends on its own z alone)."""
     with paddle.no_grad():
         if E is not None:
             return E(target)[0].numpy()
         z = rng.standard_normal((candidates, G.args["z_dim"])).astype(np.float32)
-        losses = [float(pyramid_loss(G(paddle.to_tensor(row[None])), target)) for row in z]
-    return z[int(np.argmin(losses))][None]
+        errors = pyramid_errors(G(paddle.to_tensor(z)), target).numpy()
+    return z[int(np.argmin(errors))][None]
 
 
 def project(G, E, photo, steps, lr, candidates, seed):
