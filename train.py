@@ -47,6 +47,7 @@ Examples:
     python train.py --arch pggan --size 32 --out runs/pggan      # progressive growing, 4 -> 32
     python train.py --arch vaegan --out runs/vaegan              # the VAE/GAN, with the equilibrium rule
     python train.py --augment ada --lecam 0.1 --ema --out runs/ada   # augmentation D cannot leak (augment.py)
+    python train.py --data mine --init-from runs/celeba/checkpoint.pdparams --out runs/mine   # fine-tune on your photos
 """
 import os
 import sys
