@@ -24,8 +24,8 @@ trains; `load` copies them in from the eager networks and optimizers, `store` co
 back (before samples, evaluation and checkpoints), so everything else in the project keeps
 using the eager objects. Random numbers come from Paddle's generator in the eager step's order,
 so a seeded run draws the same numbers on both paths. Losses and weights agree with the eager
-step to float tolerance (tests/test_faststep.py); train.py's seeded runs are bit-identical to
-those of the hand-written programs this module held before (tests/reference.py records them).
+step to float tolerance (tests/test_faststep.py), and tests/reference.py holds seeded runs of the
+static step bit for bit.
 
 methods.static_steps() imports this module, only when a static step is built, and only on the
 Paddle releases the tests passed on (runtime.TESTED_PADDLE).
