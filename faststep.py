@@ -466,7 +466,7 @@ class Recording(StaticStep):
         self.method = method
         self.updates = []         # (network, skip flag or None, skip flag of its phase or None) per update
         self.inputs = {}          # run.number's inputs by name
-        self.rates = []           # (input name, network, index of the update among that network's)
+        self.rates = []           # (input name, network, its update's index among that network's + 1)
         self.grads = {}           # `backward`'s gradients so far, by parameter name
         self.phase_skip = self.skipped_phase = None
         self.lecam_averages = None
@@ -549,7 +549,7 @@ class Recording(StaticStep):
         earlier = [skip for k, skip, _ in self.updates if k == key]
         name = f"rates_{key}_{len(earlier)}"
         rates = paddle.static.data(name, [len(earlier) + 1], "float32")
-        self.rates.append((name, key))
+        self.rates.append((name, key, len(earlier) + 1))
         if any(skip is not None for skip in earlier):
             rate = gather_count(rates, [logical("not", s) for s in earlier])
         else:
@@ -616,8 +616,8 @@ class Recording(StaticStep):
         method, counter = self.method, self.method.counter
         feed = self.draw()
         feed.update({name: np.array([numbers[name]], np.float32) for name in self.inputs})
-        for name, key in self.rates:
-            before, count = counter.updates(key), int(name.rsplit("_", 1)[1]) + 1
+        for name, key, count in self.rates:   # the rates after 0, 1, ... count - 1 earlier updates of `key`
+            before = counter.updates(key)
             feed[name] = np.array([rmsprop_lr(counter.lr, before + i) for i in range(count)], np.float32)
         if self.lecam_averages is not None:
             lecam = method.lecam

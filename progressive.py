@@ -113,7 +113,7 @@ def iteration(run, real, z_dim, res, fading, lecam=None):
     for net in run.plain.values():
         net.set_stage(res, alpha)
     n = real.shape[0]
-    with paddle.no_grad():
+    with paddle.no_grad():   # eager: no graph for D's fakes; a static program records none under no_grad, hence detach
         fake = G(run.noise([n, z_dim]))
     real, fake = T(real), T(fake.detach())
     score_real, score_fake = D(real), D(fake)
